@@ -1,0 +1,147 @@
+"""Command line: `capibara-facade serve | check-config | demo-upstream | demo` (also `python -m capibara_facade`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import MutableMapping, Sequence
+
+import httpx
+import msgspec
+import uvicorn
+from litestar import Litestar
+
+from . import __version__
+from .app import create_app
+from .config import Config, ConfigError, load_config
+
+__all__ = ["app_from_environment", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="capibara-facade", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the facade")
+    _add_server_options(serve)
+    serve.add_argument("--workers", type=int, help="worker processes sharing the port (default: server.workers)")
+
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("config", help="TOML file")
+
+    demo_upstream = commands.add_parser("demo-upstream", help="run the bundled OpenAI-compatible demo upstream")
+    demo_upstream.add_argument("--host", default="127.0.0.1")
+    demo_upstream.add_argument("--port", type=int, default=8082)
+    from .demo_upstream import add_fault_options
+
+    add_fault_options(demo_upstream)
+
+    demo = commands.add_parser("demo", help="run the demo upstream and the facade in front of it")
+    _add_server_options(demo)
+    demo.add_argument("--upstream-port", type=int, default=8082, help="port of the demo upstream (default 8082)")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check-config":
+            config = load_config(args.config, os.environ)
+            print(f"{args.config}: OK ({len(config.models)} models, {len(config.upstreams)} upstreams)")
+            return 0
+        if args.command == "demo-upstream":
+            from .demo_upstream import serve_demo_upstream
+
+            serve_demo_upstream(args)
+            return 0
+        if args.command == "demo":
+            return _demo(args)
+        return _serve(args)
+    except ConfigError as exc:
+        print(f"capibara-facade: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML config file (default: $CAPIBARA_CONFIG, else built-in defaults)")
+    parser.add_argument("--host", help="listen address (default: server.host)")
+    parser.add_argument("--port", type=int, help="listen port (default: server.port)")
+
+
+def _load(args: argparse.Namespace, environ: MutableMapping[str, str]) -> Config:
+    if args.config:
+        environ["CAPIBARA_CONFIG"] = args.config  # worker processes re-load the same file
+    config = load_config(environ.get("CAPIBARA_CONFIG"), environ)
+    overrides = {
+        key: value
+        for key, value in (("host", args.host), ("port", args.port), ("workers", getattr(args, "workers", None)))
+        if value is not None
+    }
+    if overrides.get("workers", 1) < 1:
+        raise ConfigError(f"--workers: {overrides['workers']} must be at least 1")
+    return msgspec.structs.replace(config, server=msgspec.structs.replace(config.server, **overrides))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _load(args, os.environ)
+    server = config.server
+    logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One process: hand uvicorn the app. Several: each worker builds its own from the same file + environment.
+    app: Litestar | str = create_app(config) if server.workers == 1 else "capibara_facade.cli:app_from_environment"
+    uvicorn.run(
+        app,
+        factory=server.workers > 1,
+        host=server.host,
+        port=server.port,
+        workers=server.workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=server.access_log,
+        log_level=server.log_level,
+        proxy_headers=False,  # the facade reads no client address; uvicorn's proxy middleware costs CPU
+        server_header=False,
+        timeout_keep_alive=int(server.keepalive_timeout_seconds),
+        timeout_graceful_shutdown=int(server.shutdown_grace_seconds),
+        backlog=4096,
+    )
+    return 0
+
+
+def app_from_environment() -> Litestar:
+    """uvicorn's app factory for worker processes: the config the parent validated, loaded again."""
+    return create_app(load_config(os.environ.get("CAPIBARA_CONFIG"), os.environ))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """The whole path on one machine: the demo upstream as a child process, the facade in front of it."""
+    upstream_url = f"http://127.0.0.1:{args.upstream_port}"
+    argv = [sys.executable, "-m", "capibara_facade", "demo-upstream", "--port", str(args.upstream_port)]
+    upstream = subprocess.Popen(argv)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                httpx.get(upstream_url + "/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                if upstream.poll() is not None or time.monotonic() > deadline:
+                    print("capibara-facade: the demo upstream did not start", file=sys.stderr)
+                    return 1
+                time.sleep(0.1)
+        environ = {**os.environ, "CAPIBARA_UPSTREAM_URL": upstream_url}
+        config = _load(args, environ)
+        print(
+            f"demo: facade on http://{config.server.host}:{config.server.port} → demo upstream on {upstream_url}\n"
+            f"try:  curl -N http://{config.server.host}:{config.server.port}/api/chat "
+            '-H \'Content-Type: application/json\' -d \'{"message": "Hola capibara", "stream": true}\'',
+            flush=True,
+        )
+        os.environ["CAPIBARA_UPSTREAM_URL"] = upstream_url
+        args.workers = 1
+        return _serve(args)
+    finally:
+        upstream.terminate()
+        upstream.wait(10)

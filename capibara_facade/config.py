@@ -1,0 +1,276 @@
+"""Configuration: one TOML file decoded into frozen msgspec Structs, plus environment overrides.
+
+Everything the facade does is decided here, once, at start-up. `load_config()` either returns a valid
+`Config` or raises `ConfigError` with a message that names the bad key and value; nothing is read from
+the environment anywhere else.
+
+Environment overrides (applied on top of the file, before validation):
+
+    CAPIBARA_CONFIG                 path of the TOML file (used by the CLI when --config is absent)
+    CAPIBARA_HOST, CAPIBARA_PORT    server.host, server.port
+    CAPIBARA_WORKERS                server.workers
+    CAPIBARA_UPSTREAM_URL           url of the default upstream (the only one, or the one named `default`)
+    CAPIBARA_API_KEYS               auth.api_keys, comma separated
+    CAPIBARA__SECTION__KEY          any scalar key, e.g. CAPIBARA__SERVER__MAX_BODY_BYTES=1048576 or
+                                    CAPIBARA__UPSTREAMS__MODELS_EUROPE__URL=http://10.0.0.5:8082
+                                    (values are parsed as TOML scalars, falling back to plain strings)
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+__all__ = [
+    "AuthConfig",
+    "Config",
+    "ConfigError",
+    "CorsConfig",
+    "LegacyChatConfig",
+    "ModelConfig",
+    "ServerConfig",
+    "UpstreamConfig",
+    "load_config",
+]
+
+MODELS_EUROPE_IDS = (
+    "aya_expanse_multilingual",
+    "phi4_fast",
+    "mistral_balanced",
+    "qwen_coder",
+    "gemma3_multimodal",
+)
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and the value."""
+
+
+class Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Policy for every config section: immutable, and a misspelt key is an error, not a silent default."""
+
+
+class ServerConfig(Base, frozen=True):
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    # uvicorn worker processes sharing the listening socket.
+    workers: PositiveInt = 1
+    # Requests with a larger body are refused with 413 before they are read further.
+    max_body_bytes: PositiveInt = 8 * 1024 * 1024
+    # On SIGTERM: stop accepting, give in-flight requests and streams this long to finish.
+    shutdown_grace_seconds: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    # Idle client connections stay open this long; keep it above the proxy's own upstream keep-alive (nginx: 60 s)
+    # so the proxy never reuses a connection the facade is closing.
+    keepalive_timeout_seconds: PositiveFloat = 75.0
+    # uvicorn's access log costs ~20% CPU per request; off unless asked for.
+    access_log: bool = False
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "warning"
+
+
+class UpstreamConfig(Base, frozen=True):
+    # Base URL that `/v1/chat/completions` and `/v1/models` are appended to, e.g. http://10.0.0.5:8082.
+    url: str = "http://127.0.0.1:8082"
+    # Sent upstream as `Authorization: Bearer <api_key>`; the client's own key is never forwarded.
+    api_key: str | None = None
+    # Appended to `url` by the health probe. llama.cpp's Python server has no /health: use /v1/models.
+    probe_path: str = "/health"
+    probe_interval_seconds: PositiveFloat = 5.0
+    probe_timeout_seconds: PositiveFloat = 2.0
+    connect_timeout_seconds: PositiveFloat = 5.0
+    # Longest silence from the upstream while waiting for (or reading) a non-streaming answer.
+    read_timeout_seconds: PositiveFloat = 300.0
+    # Longest gap between two streamed chunks (reasoning models can think silently for a while).
+    stream_read_timeout_seconds: PositiveFloat = 600.0
+    # Pool size: the most concurrent requests in flight to this upstream. httpx's default (100) would
+    # silently queue everything above it.
+    max_connections: PositiveInt = 1024
+    # Idle keep-alive connections are closed after this long.
+    keepalive_expiry_seconds: PositiveFloat = 30.0
+
+
+class ModelConfig(Base, frozen=True):
+    # The public name clients send as `model` and see in /v1/models.
+    name: str
+    # Key of the upstream in [upstreams].
+    upstream: str = "default"
+    # The model id the upstream knows; defaults to `name`.
+    upstream_model: str | None = None
+    # Which `model` the client sees in responses: the upstream's bytes untouched ("upstream"), or the
+    # public name it asked for ("alias": every response and stream chunk is rewritten).
+    response_model: Literal["upstream", "alias"] = "upstream"
+    # Fields set when the client leaves them out, e.g. {temperature = 0.3}.
+    defaults: dict[str, Any] = {}
+    # Ceiling for max_tokens / max_completion_tokens; also applied when the client sends neither.
+    max_tokens: PositiveInt | None = None
+    owned_by: str | None = None
+
+    @property
+    def target(self) -> str:
+        return self.upstream_model or self.name
+
+
+class LegacyChatConfig(Base, frozen=True):
+    """Defaults of the frontend's POST /api/chat contract."""
+
+    model: str = "aya_expanse_multilingual"
+    temperature: float = 0.7
+    max_tokens: PositiveInt = 200
+    system: str | None = None
+
+
+class CorsConfig(Base, frozen=True):
+    allow_origins: tuple[str, ...] = (
+        "https://www.capibara6.com",
+        "https://capibara6.com",
+        "http://localhost:3000",
+        "http://localhost:5173",
+        "http://localhost:8080",
+        "http://127.0.0.1:3000",
+        "http://127.0.0.1:5173",
+        "http://127.0.0.1:8080",
+    )
+    max_age_seconds: Annotated[int, msgspec.Meta(ge=0)] = 600
+
+
+class AuthConfig(Base, frozen=True):
+    # Bearer keys accepted from clients. Empty: the facade is open (the frontend sends no key today).
+    api_keys: tuple[str, ...] = ()
+
+
+def _default_models() -> tuple[ModelConfig, ...]:
+    served = [ModelConfig(name=model_id, owned_by="models-europe") for model_id in MODELS_EUROPE_IDS]
+    friendly = ModelConfig(name="capibara6", upstream_model="aya_expanse_multilingual", owned_by="capibara6")
+    return (*served, friendly)
+
+
+class Config(Base, frozen=True):
+    server: ServerConfig = ServerConfig()
+    upstreams: dict[str, UpstreamConfig] = msgspec.field(default_factory=lambda: {"default": UpstreamConfig()})
+    models: tuple[ModelConfig, ...] = msgspec.field(default_factory=_default_models)
+    # Forward a model name that is not configured to this upstream as-is, instead of answering 404.
+    passthrough_unknown_models_to: str | None = None
+    legacy_chat: LegacyChatConfig = LegacyChatConfig()
+    cors: CorsConfig = CorsConfig()
+    auth: AuthConfig = AuthConfig()
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read `path` (or nothing: the built-in defaults), apply `environ` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    _apply_environment(raw, environ or {})
+    try:
+        config = msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path or 'configuration'}: {_describe(exc)}") from None
+    _validate(config)
+    return config
+
+
+def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    shortcuts = {
+        "CAPIBARA_HOST": ("server", "host"),
+        "CAPIBARA_PORT": ("server", "port"),
+        "CAPIBARA_WORKERS": ("server", "workers"),
+    }
+    for variable, (section, key) in shortcuts.items():
+        if variable in environ:
+            _set(raw, (section, key), _scalar(environ[variable]))
+    if "CAPIBARA_UPSTREAM_URL" in environ:
+        upstreams = raw.setdefault("upstreams", {"default": {}})
+        name = "default" if "default" in upstreams or len(upstreams) != 1 else next(iter(upstreams))
+        _set(raw, ("upstreams", name, "url"), environ["CAPIBARA_UPSTREAM_URL"])
+    if "CAPIBARA_API_KEYS" in environ:
+        keys = [key.strip() for key in environ["CAPIBARA_API_KEYS"].split(",") if key.strip()]
+        _set(raw, ("auth", "api_keys"), keys)
+    for variable, value in environ.items():
+        if variable.startswith("CAPIBARA__"):
+            path = tuple(part.lower() for part in variable.removeprefix("CAPIBARA__").split("__"))
+            if len(path) >= 2 and path[0] == "upstreams":
+                path = ("upstreams", _upstream_key(raw, path[1]), *path[2:])
+            _set(raw, path, _scalar(value))
+
+
+def _upstream_key(raw: dict[str, Any], env_name: str) -> str:
+    """Environment names are upper-case with underscores; find the configured upstream they mean."""
+    for name in raw.get("upstreams", {}):
+        if name.lower().replace("-", "_") == env_name:
+            return str(name)
+    return env_name
+
+
+def _set(raw: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
+    node = raw
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"environment override {'.'.join(keys)}: {key!r} is not a table")
+        node = child
+    node[keys[-1]] = value
+
+
+def _scalar(text: str) -> Any:
+    """`8000` → 8000, `true` → True, `["a"]` → ["a"]; anything that is not a TOML value stays a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.server.port`"; lead with the key.
+    message = str(exc)
+    if " - at `$." in message:
+        message, _, where = message.partition(" - at `$.")
+        return f"{where.rstrip('`')}: {message}"
+    return message
+
+
+def _validate(config: Config) -> None:
+    for name, upstream in config.upstreams.items():
+        parts = urlsplit(upstream.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"upstreams.{name}.url: {upstream.url!r} is not an http(s) URL")
+        if upstream.url.endswith("/"):
+            raise ConfigError(f"upstreams.{name}.url: {upstream.url!r} must not end with '/'")
+        if not upstream.probe_path.startswith("/"):
+            raise ConfigError(f"upstreams.{name}.probe_path: {upstream.probe_path!r} must start with '/'")
+    if not config.upstreams:
+        raise ConfigError("upstreams: at least one upstream is required")
+    seen: set[str] = set()
+    for index, model in enumerate(config.models):
+        where = f"models[{index}]"
+        if not model.name:
+            raise ConfigError(f"{where}.name: must not be empty")
+        if model.name in seen:
+            raise ConfigError(f"{where}.name: duplicate model name {model.name!r}")
+        seen.add(model.name)
+        if model.upstream not in config.upstreams:
+            known = ", ".join(sorted(config.upstreams))
+            raise ConfigError(f"{where}.upstream: {model.upstream!r} is not a configured upstream ({known})")
+        for key in model.defaults:
+            if key in ("model", "messages", "stream"):
+                raise ConfigError(f"{where}.defaults.{key}: {key!r} cannot have a default")
+    target = config.passthrough_unknown_models_to
+    if target is not None and target not in config.upstreams:
+        raise ConfigError(f"passthrough_unknown_models_to: {target!r} is not a configured upstream")
+    if config.models and config.legacy_chat.model not in seen and target is None:
+        raise ConfigError(f"legacy_chat.model: {config.legacy_chat.model!r} is not a configured model name")
+    for origin in config.cors.allow_origins:
+        if origin != "*" and not urlsplit(origin).scheme:
+            raise ConfigError(f"cors.allow_origins: {origin!r} is not an origin like https://example.com")

@@ -1,0 +1,138 @@
+"""What can go wrong, as OpenAI clients understand it.
+
+Every failure the facade reports is one of these. The HTTP status is the contract: the `openai` SDK picks
+its exception class from it (400 BadRequestError, 401 AuthenticationError, 404 NotFoundError,
+413/422 → APIStatusError, 429 RateLimitError, 5xx InternalServerError), so each class fixes its status,
+`type` and default `code` here, and `envelope()` renders OpenAI's error shape in exactly one place:
+
+    FacadeError                  500 server_error
+    ├── InvalidRequest           400 invalid_request_error   param = the offending field
+    ├── AuthenticationFailed     401 authentication_error    code = invalid_api_key
+    ├── ModelNotFound            404 invalid_request_error   code = model_not_found
+    ├── RouteNotFound            404 invalid_request_error   code = not_found
+    ├── MethodNotAllowed         405 invalid_request_error   code = method_not_allowed
+    ├── PayloadTooLarge          413 invalid_request_error   code = request_too_large
+    └── UpstreamError            502 upstream_error          code = upstream_unreachable
+        ├── UpstreamUnavailable  503                         code = no_upstream_available
+        └── UpstreamTimeout      504                         code = upstream_timeout
+
+An upstream's own 4xx/5xx is not a FacadeError: its status and JSON body are passed through unchanged
+(see `forward.py`); only a non-JSON error body is wrapped with `envelope()`.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = [
+    "AuthenticationFailed",
+    "ErrorBody",
+    "ErrorEnvelope",
+    "FacadeError",
+    "InvalidRequest",
+    "MethodNotAllowed",
+    "ModelNotFound",
+    "PayloadTooLarge",
+    "RouteNotFound",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "envelope",
+]
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=False):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorEnvelope(msgspec.Struct):
+    error: ErrorBody
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def envelope(message: str, type: str, param: str | None = None, code: str | None = None) -> bytes:
+    """OpenAI's error shape: all four keys always present (`param` and `code` may be null)."""
+    return _encode(ErrorEnvelope(ErrorBody(message, type, param, code)))
+
+
+class FacadeError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def body(self) -> bytes:
+        return envelope(self.message, self.type, self.param, self.code)
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidRequest(FacadeError):
+    status = 400
+    type = "invalid_request_error"
+    code = None
+
+
+class AuthenticationFailed(FacadeError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="capibara-facade"'}
+
+
+class ModelNotFound(FacadeError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+    def __init__(self, model: str, known: list[str]) -> None:
+        names = ", ".join(known) or "none"
+        super().__init__(f"The model {model!r} does not exist. Available models: {names}.", param="model")
+
+
+class RouteNotFound(FacadeError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(FacadeError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(FacadeError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UpstreamError(FacadeError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_unreachable"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    code = "no_upstream_available"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"

@@ -1,0 +1,120 @@
+"""One HTTP exchange at the ASGI level, for the proxy routes that run without framework machinery.
+
+The chat routes are the facade's hot path, so they are Litestar `@asgi` handlers: no request object, no
+dependency injection, no response object (measured: 16-23% less CPU per request). What those layers
+would have done for them is here: read the body under a size limit, read the three headers we use,
+send a response, and notice a client that goes away so the upstream request can be closed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar.types import Receive, Scope, Send
+
+from .errors import InvalidRequest, MethodNotAllowed, PayloadTooLarge
+
+__all__ = ["ClientDisconnected", "Exchange"]
+
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection; nobody is left to answer."""
+
+
+class Exchange:
+    __slots__ = ("authorization", "content_length", "receive", "request_id", "scope", "send")
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.authorization: bytes | None = None
+        self.content_length: int | None = None
+        request_id: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                self.authorization = value
+            elif name == b"content-length" and value.isdigit():
+                self.content_length = int(value)
+            elif name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+                request_id = value
+        # Propagated upstream and returned to the client, so one id follows a request through every log.
+        self.request_id = request_id.decode() if request_id else uuid.uuid4().hex
+
+    def require_method(self, method: str) -> None:
+        used = self.scope.get("method")
+        if used != method:
+            raise MethodNotAllowed(f"Method {used} is not allowed here; use {method}.")
+
+    async def read_body(self, limit: int) -> bytes:
+        """The whole request body; 413 as soon as it is known to exceed `limit` bytes."""
+        if self.content_length is not None and self.content_length > limit:
+            raise PayloadTooLarge(f"Request body of {self.content_length} bytes exceeds the limit of {limit}.")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if not body:
+            raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
+        return body
+
+    async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        await self.start(status, [*headers, (b"content-length", str(len(body)).encode())])
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        headers.append((b"x-request-id", self.request_id.encode()))
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def write(self, data: bytes) -> None:
+        await self.send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def finish(self) -> None:
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @asynccontextmanager
+    async def cancel_on_disconnect(self) -> AsyncIterator[None]:
+        """Run the block; if the client disconnects meanwhile, cancel it and raise `ClientDisconnected`.
+
+        Cancelling the block is what closes the upstream connection while a request is still waiting for
+        its answer or streaming it, so the model server stops generating for nobody.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            message: Any = await self.receive()
+            while message["type"] != "http.disconnect":  # pragma: no cover - body was already read
+                message = await self.receive()
+            gone = True
+            task.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            yield
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            task.uncancel()
+            raise ClientDisconnected from None
+        finally:
+            watcher.cancel()

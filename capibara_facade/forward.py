@@ -1,0 +1,107 @@
+"""Forwarding to an upstream: `send()` for a whole answer, `open_stream()` for Server-Sent Events.
+
+This is the one place where httpx's exceptions become the facade's: an upstream that cannot be reached
+is a 502, one that is too slow a 504. An upstream that answers with an error status is not an exception:
+its status and JSON body reach the client as they are (a non-JSON body is wrapped in OpenAI's envelope,
+and for 5xx without its text, which can carry the upstream's file paths and stack traces).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import msgspec
+
+from .errors import UpstreamError, UpstreamTimeout, envelope
+from .upstreams import Upstream
+
+__all__ = ["Reply", "open_stream", "passthrough_headers", "send"]
+
+log = logging.getLogger(__name__)
+
+# Headers that describe one hop, not the message; the facade's server sets its own.
+_HOP_BY_HOP = frozenset(
+    (b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"te", b"trailer", b"upgrade",
+     b"proxy-authenticate", b"proxy-connection", b"server", b"date")
+)  # fmt: skip
+_JSON = [(b"content-type", b"application/json")]
+
+
+class Reply(msgspec.Struct):
+    """A complete upstream answer, ready to send: status, end-to-end headers, body."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    content: bytes
+
+
+async def send(upstream: Upstream, body: bytes, request_id: str) -> Reply:
+    request = _request(upstream, body, request_id, upstream.timeout)
+    with _translated(upstream):
+        response = await upstream.client.send(request)
+    return _reply(upstream, response)
+
+
+async def open_stream(upstream: Upstream, body: bytes, request_id: str) -> httpx.Response | Reply:
+    """The upstream's streaming response, open and 2xx; or, when it refused, its error as a `Reply`.
+
+    The caller owns the open response and must `aclose()` it (on every path, client disconnects included).
+    """
+    request = _request(upstream, body, request_id, upstream.stream_timeout)
+    with _translated(upstream):
+        response = await upstream.client.send(request, stream=True)
+        if response.is_success:
+            return response
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+    return _reply(upstream, response)
+
+
+def passthrough_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
+    return [(name, value) for name, value in response.headers.raw if name.lower() not in _HOP_BY_HOP]
+
+
+@contextmanager
+def _translated(upstream: Upstream) -> Iterator[None]:
+    """httpx's exceptions as the facade's: timeouts are 504, everything else that breaks the exchange 502."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        log.warning("upstream %s timed out: %s", upstream.name, exc)
+        raise UpstreamTimeout(f"The upstream {upstream.name!r} did not answer in time.") from None
+    except httpx.HTTPError as exc:
+        log.warning("upstream %s failed: %s: %s", upstream.name, type(exc).__name__, exc)
+        raise UpstreamError(f"The upstream {upstream.name!r} could not be reached or broke off.") from None
+
+
+def _request(upstream: Upstream, body: bytes, request_id: str, timeout: httpx.Timeout) -> httpx.Request:
+    headers = {**upstream.headers, "content-type": "application/json", "x-request-id": request_id}
+    return httpx.Request(
+        "POST", upstream.chat_url, headers=headers, content=body, extensions={"timeout": timeout.as_dict()}
+    )
+
+
+def _reply(upstream: Upstream, response: httpx.Response) -> Reply:
+    content = response.content
+    if response.is_success or _is_json(content):
+        return Reply(response.status_code, passthrough_headers(response), content)
+    # A non-JSON error: keep the status, put the text (4xx) or a summary (5xx) into OpenAI's envelope.
+    log.warning("upstream %s answered %s with a non-JSON body: %.300r", upstream.name, response.status_code, content)
+    if response.status_code < 500:
+        message = content.decode("utf-8", "replace").strip()[:1000] or f"HTTP {response.status_code}"
+        return Reply(response.status_code, _JSON, envelope(message, "invalid_request_error"))
+    message = f"The upstream {upstream.name!r} failed with HTTP {response.status_code}."
+    return Reply(response.status_code, _JSON, envelope(message, "upstream_error", code="upstream_error"))
+
+
+def _is_json(content: bytes) -> bool:
+    try:
+        msgspec.json.decode(content)
+    except msgspec.DecodeError:
+        return False
+    return True

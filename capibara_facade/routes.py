@@ -1,0 +1,119 @@
+"""The facade's routes. The chat path reads straight through:
+
+    receive → authenticate → validate → resolve alias → choose upstream → forward (stream or not) → answer
+
+Failures are raised as `FacadeError`s and rendered once, by `app.py`'s exception handler, in OpenAI's
+envelope. Once a stream has started, a failure can only be reported inside it, as an SSE error event.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import aclosing
+
+import msgspec
+from litestar import Response, get
+from litestar.handlers import BaseRouteHandler, asgi
+from litestar.types import Receive, Scope, Send
+
+from . import forward, legacy, sse, wire
+from .exchange import ClientDisconnected, Exchange
+from .gateway import Gateway
+
+__all__ = ["build_routes"]
+
+log = logging.getLogger(__name__)
+
+_encode = msgspec.json.Encoder().encode
+_JSON = "application/json"
+
+
+def build_routes(gateway: Gateway) -> list[BaseRouteHandler]:
+    body_limit = gateway.config.server.max_body_bytes
+    legacy_defaults = gateway.config.legacy_chat
+
+    @asgi("/v1/chat/completions", copy_scope=False)
+    async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = Exchange(scope, receive, send)
+        exchange.require_method("POST")
+        try:
+            body = await exchange.read_body(body_limit)
+            gateway.authenticate(exchange.authorization)
+            await _relay_chat(gateway, exchange, body)
+        except ClientDisconnected:
+            log.debug("client left before the answer was complete (request %s)", exchange.request_id)
+
+    @asgi("/api/chat", copy_scope=False)
+    async def api_chat(scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = Exchange(scope, receive, send)
+        exchange.require_method("POST")
+        try:
+            body = await exchange.read_body(body_limit)
+            gateway.authenticate(exchange.authorization)
+            await _relay_chat(gateway, exchange, legacy.to_chat_completion(body, legacy_defaults))
+        except ClientDisconnected:
+            log.debug("client left before the answer was complete (request %s)", exchange.request_id)
+
+    models = wire.ModelList(
+        [
+            wire.ModelCard(route.public_name, gateway.catalog.created, route.owned_by)
+            for route in gateway.catalog.routes()
+        ]
+    )
+    models_body = _encode(models)
+
+    @get("/v1/models", sync_to_thread=False)
+    def list_models() -> Response[bytes]:
+        return Response(models_body, media_type=_JSON)
+
+    @get("/v1/models/{model_id:str}", sync_to_thread=False)
+    def retrieve_model(model_id: str) -> Response[bytes]:
+        route = gateway.catalog.get(model_id)
+        card = wire.ModelCard(route.public_name, gateway.catalog.created, route.owned_by)
+        return Response(_encode(card), media_type=_JSON)
+
+    @get("/health")
+    async def health() -> Response[bytes]:
+        """Liveness: the facade answers; each upstream's state is reported, not required."""
+        states = await gateway.pool.probe_all()
+        return Response(_encode({"status": "ok", "upstreams": states}), media_type=_JSON)
+
+    @get("/ready")
+    async def ready() -> Response[bytes]:
+        """Readiness: 503 while no upstream is reachable, so a load balancer sends traffic elsewhere."""
+        states = await gateway.pool.probe_all()
+        is_ready = any(state.reachable for state in states.values())
+        body = _encode({"status": "ready" if is_ready else "unavailable", "upstreams": states})
+        return Response(body, media_type=_JSON, status_code=200 if is_ready else 503)
+
+    handlers: list[BaseRouteHandler] = [chat_completions, api_chat, list_models, retrieve_model, health, ready]
+    return handlers
+
+
+async def _relay_chat(gateway: Gateway, exchange: Exchange, body: bytes) -> None:
+    chat = wire.read_chat(body)
+    route = gateway.catalog.resolve(chat.model)
+    upstream = gateway.pool.pick(route.upstream)
+    upstream_body = wire.upstream_body(body, chat, route)
+    rename_to = route.public_name if route.rename_response else None
+
+    if not chat.stream:
+        async with exchange.cancel_on_disconnect():
+            reply = await forward.send(upstream, upstream_body, exchange.request_id)
+        content = wire.rename_model(reply.content, rename_to) if rename_to and reply.status < 400 else reply.content
+        await exchange.respond(reply.status, reply.headers, content)
+        return
+
+    async with exchange.cancel_on_disconnect():
+        opened = await forward.open_stream(upstream, upstream_body, exchange.request_id)
+    if isinstance(opened, forward.Reply):  # refused before streaming: an ordinary error answer
+        await exchange.respond(opened.status, opened.headers, opened.content)
+        return
+    try:
+        async with exchange.cancel_on_disconnect(), aclosing(sse.relay(opened, upstream.name, rename_to)) as events:
+            await exchange.start(opened.status_code, [*forward.passthrough_headers(opened), *sse.HEADERS])
+            async for chunk in events:
+                await exchange.write(chunk)
+    finally:
+        await opened.aclose()
+    await exchange.finish()
