@@ -130,6 +130,13 @@ def read_chat(body: bytes) -> ChatRequest:
                 f"messages[{index}].content: an assistant message needs content or tool_calls.",
                 param=f"messages[{index}].content",
             )
+    for index, tool in enumerate(chat.tools or ()):
+        if tool.type == "function" and tool.function is None:
+            raise InvalidRequest(
+                f"Missing required parameter: 'tools[{index}].function'.",
+                param=f"tools[{index}].function",
+                code="missing_required_parameter",
+            )
     return chat
 
 

@@ -1,0 +1,45 @@
+"""Model aliasing: public names resolve to an upstream and the model id it knows."""
+
+from __future__ import annotations
+
+import pytest
+
+from capibara_facade.catalog import Catalog
+from capibara_facade.config import Config, ModelConfig, UpstreamConfig
+from capibara_facade.errors import ModelNotFound
+
+
+def test_a_model_served_under_its_own_name_needs_no_rewrite() -> None:
+    route = Catalog(Config()).resolve("phi4_fast")
+    assert (route.upstream, route.upstream_model, route.rewrites_request) == ("default", "phi4_fast", False)
+
+
+def test_the_friendly_alias_resolves_to_aya() -> None:
+    route = Catalog(Config()).resolve("capibara6")
+    assert (route.upstream_model, route.rewrites_request, route.rename_response) == (
+        "aya_expanse_multilingual", True, False
+    )  # fmt: skip
+
+
+def test_an_unknown_model_is_model_not_found_listing_every_name() -> None:
+    with pytest.raises(ModelNotFound) as caught:
+        Catalog(Config()).resolve("gpt-17")
+    assert caught.value.status == 404 and caught.value.code == "model_not_found"
+    assert "'gpt-17'" in caught.value.message and "capibara6" in caught.value.message
+
+
+def test_unknown_names_pass_through_unchanged_when_configured() -> None:
+    config = Config(
+        upstreams={"default": UpstreamConfig(), "lab": UpstreamConfig(url="http://127.0.0.1:9")},
+        passthrough_unknown_models_to="lab",
+    )
+    route = Catalog(config).resolve("some-new-model")
+    assert (route.upstream, route.upstream_model, route.rewrites_request) == ("lab", "some-new-model", False)
+
+
+def test_response_renaming_applies_only_to_real_aliases() -> None:
+    config = Config(models=(ModelConfig(name="same", response_model="alias"),
+                            ModelConfig(name="nick", upstream_model="same", response_model="alias")))  # fmt: skip
+    catalog = Catalog(config)
+    assert catalog.resolve("same").rename_response is False
+    assert catalog.resolve("nick").rename_response is True

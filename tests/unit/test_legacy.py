@@ -1,0 +1,38 @@
+"""The frontend's /api/chat body becomes an OpenAI chat completion request."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from capibara_facade.config import LegacyChatConfig
+from capibara_facade.errors import InvalidRequest
+from capibara_facade.legacy import to_chat_completion
+
+
+def test_a_bare_message_gets_the_contract_defaults() -> None:
+    sent = json.loads(to_chat_completion(b'{"message": "hola"}', LegacyChatConfig()))
+    assert sent == {
+        "model": "aya_expanse_multilingual",
+        "messages": [{"role": "user", "content": "hola"}],
+        "temperature": 0.7,
+        "max_tokens": 200,
+    }
+
+
+def test_stream_true_asks_for_a_stream() -> None:
+    assert json.loads(to_chat_completion(b'{"message": "hola", "stream": true}', LegacyChatConfig()))["stream"]
+
+
+def test_a_configured_system_prompt_leads_unless_the_client_sends_its_own() -> None:
+    config = LegacyChatConfig(system="Eres capibara")
+    assert json.loads(to_chat_completion(b'{"message": "x"}', config))["messages"][0]["content"] == "Eres capibara"
+    own = json.loads(to_chat_completion('{"message": "x", "system": "Sé breve"}'.encode(), config))
+    assert own["messages"][0] == {"role": "system", "content": "Sé breve"}
+
+
+@pytest.mark.parametrize("body", [b"{}", b'{"message": ""}', b'{"message": 5}', b"nope"])
+def test_a_body_without_a_usable_message_is_a_400(body: bytes) -> None:
+    with pytest.raises(InvalidRequest):
+        to_chat_completion(body, LegacyChatConfig())

@@ -1,0 +1,100 @@
+"""Request validation and the rewrite: only `model`, defaults and caps change; every other byte is kept."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+
+from capibara_facade.catalog import Route
+from capibara_facade.errors import InvalidRequest
+from capibara_facade.wire import read_chat, rename_model, upstream_body
+
+BODY = (
+    b'{"model": "capibara6", "messages": [{"role": "user", "content": "caf\\u00e9"}],'
+    b' "vendor": {"deep": [1.50, 2e3]}, "stream": true}'
+)
+
+
+def test_a_route_without_changes_sends_the_clients_own_bytes() -> None:
+    route = Route("phi4_fast", "default", "phi4_fast")
+    assert upstream_body(BODY, read_chat(BODY), route) is BODY
+
+
+def test_an_alias_changes_model_and_keeps_every_other_value_byte_for_byte() -> None:
+    route = Route("capibara6", "default", "aya_expanse_multilingual")
+    sent = upstream_body(BODY, read_chat(BODY), route)
+    assert b'"model":"aya_expanse_multilingual"' in sent
+    assert b'"content": "caf\\u00e9"' in sent  # the escape is not decoded and re-encoded
+    assert b'"vendor":{"deep": [1.50, 2e3]}' in sent  # nor are numbers reformatted
+
+
+def test_defaults_fill_absent_or_null_fields_only() -> None:
+    defaults = {"temperature": msgspec.Raw(b"0.2"), "top_p": msgspec.Raw(b"0.9"), "seed": msgspec.Raw(b"1")}
+    route = Route("a", "default", "m", defaults=defaults)
+    body = b'{"model": "a", "messages": [{"role": "user", "content": "x"}], "temperature": 1, "top_p": null}'
+    sent = json.loads(upstream_body(body, read_chat(body), route))
+    assert (sent["temperature"], sent["top_p"], sent["seed"]) == (1, 0.9, 1)
+
+
+@pytest.mark.parametrize(
+    ("asked", "expected"),
+    [
+        ({}, {"max_tokens": 100}),
+        ({"max_tokens": 500}, {"max_tokens": 100}),
+        ({"max_tokens": 50}, {"max_tokens": 50}),
+        ({"max_completion_tokens": 900}, {"max_completion_tokens": 100}),
+    ],
+)
+def test_the_max_tokens_cap_is_a_ceiling(asked: dict[str, int], expected: dict[str, int]) -> None:
+    route = Route("a", "default", "a", max_tokens=100)
+    body = json.dumps({"model": "a", "messages": [{"role": "user", "content": "x"}], **asked}).encode()
+    sent = json.loads(upstream_body(body, read_chat(body), route))
+    assert {key: sent[key] for key in ("max_tokens", "max_completion_tokens") if key in sent} == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b'{"model": "m"}', "messages"),
+        (b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
+        (b'{"model": "m", "messages": [{"content": "x"}]}', "messages[0].role"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', "messages[0].content"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 3}', "temperature"),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}',
+            "tools[0].function",
+        ),
+        (b'{"model": "m", "messages": [{"role": "assistant"}]}', "messages[0].content"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 1.5}', "n"),
+        (b"not json", None),
+    ],
+)
+def test_invalid_requests_name_the_offending_field(body: bytes, param: str | None) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        read_chat(body)
+    assert caught.value.status == 400
+    if param is not None:
+        assert caught.value.param == param
+
+
+def test_an_assistant_turn_with_only_tool_calls_is_valid() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    body = json.dumps({"model": "m", "messages": [{"role": "assistant", "content": None, "tool_calls": [call]}]})
+    assert read_chat(body.encode()).messages[0].tool_calls
+
+
+def test_image_content_parts_are_valid() -> None:
+    parts = [{"type": "text", "text": "what"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": parts}]}).encode()
+    assert read_chat(body).messages[0].content
+
+
+def test_rename_model_touches_only_the_model_field() -> None:
+    document = b'{"id":"x","model":"aya","choices":[{"delta":{"content":"\\u00e9"}}]}'
+    assert (
+        rename_model(document, "capibara6")
+        == b'{"id":"x","model":"capibara6","choices":[{"delta":{"content":"\\u00e9"}}]}'
+    )
+    assert rename_model(b"[DONE]", "capibara6") == b"[DONE]"
