@@ -9,8 +9,8 @@ send a response, and notice a client that goes away so the upstream request can 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -46,7 +46,7 @@ class Exchange:
             elif name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
                 request_id = value
         # Propagated upstream and returned to the client, so one id follows a request through every log.
-        self.request_id = request_id.decode() if request_id else uuid.uuid4().hex
+        self.request_id = request_id.decode() if request_id else os.urandom(16).hex()
 
     def require_method(self, method: str) -> None:
         used = self.scope.get("method")

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator
 import httpx
 
 from .errors import envelope
+from .forward import body_stream
 from .wire import rename_model
 
 __all__ = ["HEADERS", "error_event", "relay"]
@@ -38,7 +39,7 @@ async def relay(
     """The upstream's stream as complete events, as they arrive; an error event if the upstream breaks off."""
     pending = b""
     try:
-        async for chunk in response.aiter_raw():
+        async for chunk in body_stream(response):
             data = pending + chunk if pending else chunk
             end = _complete_events_end(data)
             pending = data[end:]

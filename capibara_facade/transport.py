@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import aiohttp
 import httpx
+import yarl
 
 __all__ = ["AiohttpTransport"]
 
@@ -28,6 +29,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[httpx.URL, yarl.URL] = {}  # parsed once: an upstream has a handful of endpoints
 
     def _open_session(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running event loop that will own its connections.
@@ -41,7 +43,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             connector=connector,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
             timeout=aiohttp.ClientTimeout(total=None),
         )
 
@@ -50,10 +51,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if session is None:
             session = self._session = self._open_session()
         timeout = request.extensions.get("timeout", {})
+        url = self._urls.get(request.url)
+        if url is None:
+            url = self._urls[request.url] = yarl.URL(str(request.url))
         with _mapped_exceptions(connecting=True):
             response = await session.request(
                 request.method,
-                str(request.url),
+                url,
                 headers=request.headers.multi_items(),
                 data=request.content or None,
                 allow_redirects=False,

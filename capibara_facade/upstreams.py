@@ -34,10 +34,12 @@ class Upstream:
     def __init__(self, name: str, config: UpstreamConfig) -> None:
         self.name = name
         self.config = config
+        self.transport = AiohttpTransport(
+            max_connections=config.max_connections, keepalive_expiry=config.keepalive_expiry_seconds
+        )
+        # The proxy path calls `transport` directly (see forward.py); the client serves the health probe.
         self.client = httpx.AsyncClient(
-            transport=AiohttpTransport(
-                max_connections=config.max_connections, keepalive_expiry=config.keepalive_expiry_seconds
-            ),
+            transport=self.transport,
             # The transport logs nothing and follows no redirects; the client adds no cookies of its own.
             follow_redirects=False,
             trust_env=False,
@@ -45,10 +47,13 @@ class Upstream:
         self.chat_url = httpx.URL(config.url + "/v1/chat/completions")
         self.models_url = httpx.URL(config.url + "/v1/models")
         self.probe_url = httpx.URL(config.url + config.probe_path)
-        headers = {"user-agent": USER_AGENT, "accept-encoding": "identity"}
+        # Sent with every request. Naming accept, accept-encoding and user-agent ourselves also keeps aiohttp
+        # from adding its own (gzip would make the upstream compress, and buffer, what we pass through).
+        headers = {"user-agent": USER_AGENT, "accept": "*/*", "accept-encoding": "identity"}
         if config.api_key:
             headers["authorization"] = f"Bearer {config.api_key}"
         self.headers = headers
+        self.raw_headers = [(name.encode(), value.encode()) for name, value in headers.items()]
         self.timeout = httpx.Timeout(
             connect=config.connect_timeout_seconds,
             read=config.read_timeout_seconds,
