@@ -9,6 +9,7 @@ envelope. Once a stream has started, a failure can only be reported inside it, a
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import aclosing
 
 import msgspec
@@ -17,6 +18,7 @@ from litestar.handlers import BaseRouteHandler, asgi
 from litestar.types import Receive, Scope, Send
 
 from . import forward, legacy, sse, wire
+from .catalog import Route
 from .exchange import ClientDisconnected, Exchange
 from .gateway import Gateway
 
@@ -29,38 +31,10 @@ _JSON = "application/json"
 
 
 def build_routes(gateway: Gateway) -> list[BaseRouteHandler]:
-    body_limit = gateway.config.server.max_body_bytes
-    legacy_defaults = gateway.config.legacy_chat
+    def card(route: Route) -> wire.ModelCard:
+        return wire.ModelCard(route.public_name, gateway.catalog.created, route.owned_by)
 
-    @asgi("/v1/chat/completions", copy_scope=False)
-    async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = Exchange(scope, receive, send)
-        exchange.require_method("POST")
-        try:
-            body = await exchange.read_body(body_limit)
-            gateway.authenticate(exchange.authorization)
-            await _relay_chat(gateway, exchange, body)
-        except ClientDisconnected:
-            log.debug("client left before the answer was complete (request %s)", exchange.request_id)
-
-    @asgi("/api/chat", copy_scope=False)
-    async def api_chat(scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = Exchange(scope, receive, send)
-        exchange.require_method("POST")
-        try:
-            body = await exchange.read_body(body_limit)
-            gateway.authenticate(exchange.authorization)
-            await _relay_chat(gateway, exchange, legacy.to_chat_completion(body, legacy_defaults))
-        except ClientDisconnected:
-            log.debug("client left before the answer was complete (request %s)", exchange.request_id)
-
-    models = wire.ModelList(
-        [
-            wire.ModelCard(route.public_name, gateway.catalog.created, route.owned_by)
-            for route in gateway.catalog.routes()
-        ]
-    )
-    models_body = _encode(models)
+    models_body = _encode(wire.ModelList([card(route) for route in gateway.catalog.routes()]))
 
     @get("/v1/models", sync_to_thread=False)
     def list_models() -> Response[bytes]:
@@ -68,9 +42,7 @@ def build_routes(gateway: Gateway) -> list[BaseRouteHandler]:
 
     @get("/v1/models/{model_id:str}", sync_to_thread=False)
     def retrieve_model(model_id: str) -> Response[bytes]:
-        route = gateway.catalog.get(model_id)
-        card = wire.ModelCard(route.public_name, gateway.catalog.created, route.owned_by)
-        return Response(_encode(card), media_type=_JSON)
+        return Response(_encode(card(gateway.catalog.get(model_id))), media_type=_JSON)
 
     @get("/health")
     async def health() -> Response[bytes]:
@@ -86,8 +58,33 @@ def build_routes(gateway: Gateway) -> list[BaseRouteHandler]:
         body = _encode({"status": "ready" if is_ready else "unavailable", "upstreams": states})
         return Response(body, media_type=_JSON, status_code=200 if is_ready else 503)
 
-    handlers: list[BaseRouteHandler] = [chat_completions, api_chat, list_models, retrieve_model, health, ready]
-    return handlers
+    legacy_defaults = gateway.config.legacy_chat
+    return [
+        _chat_route("/v1/chat/completions", gateway, lambda body: body),
+        _chat_route("/api/chat", gateway, lambda body: legacy.to_chat_completion(body, legacy_defaults)),
+        list_models,
+        retrieve_model,
+        health,
+        ready,
+    ]
+
+
+def _chat_route(path: str, gateway: Gateway, to_chat_request: Callable[[bytes], bytes]) -> BaseRouteHandler:
+    """A POST route that turns its body into a chat-completion request and relays it."""
+    body_limit = gateway.config.server.max_body_bytes
+
+    @asgi(path, copy_scope=False)
+    async def relay_route(scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = Exchange(scope, receive, send)
+        exchange.require_method("POST")
+        try:
+            body = await exchange.read_body(body_limit)
+            gateway.authenticate(exchange.authorization)
+            await _relay_chat(gateway, exchange, to_chat_request(body))
+        except ClientDisconnected:
+            log.debug("client left before the answer was complete (request %s)", exchange.request_id)
+
+    return relay_route
 
 
 async def _relay_chat(gateway: Gateway, exchange: Exchange, body: bytes) -> None:
