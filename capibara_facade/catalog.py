@@ -27,6 +27,7 @@ class Route(msgspec.Struct, frozen=True):
     # Fields (already JSON-encoded) to add when the client leaves them out.
     defaults: dict[str, msgspec.Raw] = {}
     max_tokens: int | None = None
+    stream_usage: bool = False
     owned_by: str = "capibara-facade"
 
     @property
@@ -78,5 +79,6 @@ def _route(model: ModelConfig) -> Route:
         rename_response=model.response_model == "alias" and model.target != model.name,
         defaults={key: msgspec.Raw(msgspec.json.encode(value)) for key, value in model.defaults.items()},
         max_tokens=model.max_tokens,
+        stream_usage=model.stream_usage,
         owned_by=model.owned_by or model.upstream,
     )

@@ -111,6 +111,9 @@ class ModelConfig(Base, frozen=True):
     defaults: dict[str, Any] = {}
     # Ceiling for max_tokens / max_completion_tokens; also applied when the client sends neither.
     max_tokens: PositiveInt | None = None
+    # Ask the upstream for the final usage chunk on every stream whose client did not set stream_options.
+    # LangChain's ChatOpenAI asks for usage only when it talks to api.openai.com; this gives it usage here.
+    stream_usage: bool = False
     owned_by: str | None = None
 
     @property

@@ -106,6 +106,7 @@ class ModelList(Struct):
 _chat_decoder = msgspec.json.Decoder(ChatRequest)
 _fields_decoder = msgspec.json.Decoder(dict[str, Raw])
 _encode = msgspec.json.Encoder().encode
+_INCLUDE_USAGE = Raw(b'{"include_usage":true}')
 
 
 def read_chat(body: bytes) -> ChatRequest:
@@ -155,7 +156,8 @@ def _invalid(exc: msgspec.ValidationError) -> InvalidRequest:
 
 def upstream_body(body: bytes, chat: ChatRequest, route: Route) -> bytes:
     """The body to send upstream: the client's own bytes, or with only `model`, defaults and caps changed."""
-    if not route.rewrites_request:
+    add_usage = route.stream_usage and chat.stream and chat.stream_options is None
+    if not (route.rewrites_request or add_usage):
         return body
     fields = _fields_decoder.decode(body)
     fields["model"] = Raw(_encode(route.upstream_model))
@@ -170,6 +172,8 @@ def upstream_body(body: bytes, chat: ChatRequest, route: Route) -> bytes:
                 fields[key] = cap
         if chat.max_tokens is None and chat.max_completion_tokens is None:
             fields["max_tokens"] = cap
+    if add_usage:
+        fields["stream_options"] = _INCLUDE_USAGE
     return _encode(fields)
 
 

@@ -98,3 +98,15 @@ def test_rename_model_touches_only_the_model_field() -> None:
         == b'{"id":"x","model":"capibara6","choices":[{"delta":{"content":"\\u00e9"}}]}'
     )
     assert rename_model(b"[DONE]", "capibara6") == b"[DONE]"
+
+
+def test_stream_usage_asks_for_usage_on_streams_that_did_not_say() -> None:
+    route = Route("m", "default", "m", stream_usage=True)
+    streaming = b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": true}'
+    assert json.loads(upstream_body(streaming, read_chat(streaming), route))["stream_options"] == {
+        "include_usage": True
+    }
+    declined = streaming[:-1] + b', "stream_options": {"include_usage": false}}'
+    assert upstream_body(declined, read_chat(declined), route) is declined
+    whole = b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}'
+    assert upstream_body(whole, read_chat(whole), route) is whole
