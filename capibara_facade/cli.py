@@ -14,6 +14,7 @@ import httpx
 import msgspec
 import uvicorn
 from litestar import Litestar
+from uvicorn.supervisors import Multiprocess
 
 from . import __version__
 from .app import create_app
@@ -90,12 +91,13 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One process: hand uvicorn the app. Several: each worker builds its own from the same file + environment.
     app: Litestar | str = create_app(config) if server.workers == 1 else "capibara_facade.cli:app_from_environment"
-    uvicorn.run(
+    uvicorn_config = uvicorn.Config(
         app,
         factory=server.workers > 1,
         host=server.host,
         port=server.port,
         workers=server.workers,
+        # uvloop and asyncio both set TCP_NODELAY on accepted sockets, so small SSE frames are not delayed.
         loop="uvloop",
         http="httptools",
         lifespan="on",
@@ -104,10 +106,31 @@ def _serve(args: argparse.Namespace) -> int:
         proxy_headers=False,  # the facade reads no client address; uvicorn's proxy middleware costs CPU
         server_header=False,
         timeout_keep_alive=int(server.keepalive_timeout_seconds),
+        # SIGTERM: stop accepting, let open requests and streams finish for this long, then cancel them.
         timeout_graceful_shutdown=int(server.shutdown_grace_seconds),
         backlog=4096,
     )
-    return 0
+    if server.workers > 1:
+        _Workers(uvicorn_config, sockets=[uvicorn_config.bind_socket()]).run()
+        return 0
+    uvicorn_config.load_app()
+    single = uvicorn.Server(uvicorn_config)
+    single.run()
+    return 0 if single.started else 3  # e.g. the port is taken: uvicorn has logged why
+
+
+class _Workers(Multiprocess):
+    """uvicorn's worker supervisor, which also stops listening as soon as it is told to stop.
+
+    uvicorn's own keeps its copy of the listening socket open until every worker has exited, so during a
+    graceful shutdown new connections are accepted into the backlog and never served. Closing it first makes
+    them fail fast (and a proxy fail over) while the workers finish their open streams.
+    """
+
+    def terminate_all(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        super().terminate_all()
 
 
 def app_from_environment() -> Litestar:
