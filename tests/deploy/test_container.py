@@ -1,0 +1,173 @@
+"""The container image and compose file, as far as a machine without a Docker engine can prove them.
+
+No engine runs here, so the image is never built. What is proven instead: the Dockerfile installs with the
+Makefile's own commands (which CI runs on every change), everything it copies is in the build context, it
+runs as an unprivileged user, its CMD and ENV start a facade, and its HEALTHCHECK passes on a serving facade
+and fails on a dead one. The compose file follows the Compose specification, and its nginx reaches the
+facade where the facade listens.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from compose_spec import PyCompose
+
+from capibara_facade.config import load_config
+from tests import support
+from tests.deploy.tools import DEPLOY, DOCKERFILE, exec_form, image_env, instructions
+
+COMPOSE = DEPLOY / "compose.yaml"
+
+
+def makefile_install_commands() -> list[str]:
+    """The commands `make install` runs to create the virtualenv and install the project, variables expanded."""
+    text = (support.ROOT / "Makefile").read_text()
+    variables = dict(re.findall(r"(?m)^(\w+)\s*[:?]?=\s*(.*?)\s*$", text))
+
+    def expanded(value: str) -> str:
+        while match := re.search(r"\$\((\w+)\)", value):
+            value = value.replace(match.group(0), variables[match.group(1)])
+        return value
+
+    commands = []
+    for target in (r"\$\(PY\)", r"\$\(STAMP\)/runtime"):
+        recipe = re.search(rf"(?m)^{target}:.*\n((?:\t.*\n)+)", text)
+        assert recipe is not None, f"Makefile has no recipe for {target}"
+        commands += [expanded(line.strip()) for line in recipe.group(1).splitlines() if "pip" in line or "venv" in line]
+    return commands
+
+
+def dockerignored(path: str) -> bool:
+    """Docker's rule: the last .dockerignore pattern matching the path or one of its parent directories wins."""
+    ignored = False
+    for line in (support.ROOT / ".dockerignore").read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negated = pattern.startswith("!")
+        body = pattern.lstrip("!").strip("/")
+        regex = re.escape(body).replace(r"\*\*/", "(?:.*/)?").replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        parts = path.split("/")
+        if any(re.fullmatch(regex, "/".join(parts[:depth])) for depth in range(1, len(parts) + 1)):
+            ignored = not negated
+    return ignored
+
+
+# --- Dockerfile -----------------------------------------------------------------------------------------------
+
+
+def test_the_image_installs_the_project_with_the_makefiles_own_commands() -> None:
+    runs = [arguments for keyword, arguments in instructions() if keyword == "RUN"]
+    steps = [step.strip() for run in runs for step in run.split("&&")]
+    expected = makefile_install_commands()
+    assert len(expected) == 3, expected  # venv, pip upgrade, the project
+    assert expected[0] in steps, f"the Dockerfile does not run {expected[0]!r}"
+    position = steps.index(expected[0])
+    assert steps[position : position + len(expected)] == expected
+
+
+def test_everything_the_image_copies_is_in_the_build_context() -> None:
+    copies = [arguments.split()[:-1] for keyword, arguments in instructions() if keyword == "COPY"]
+    sources = [source for group in copies for source in group]
+    assert sources
+    for source in sources:
+        path = support.ROOT / source
+        assert path.exists(), f"COPY {source}: no such file in the repository"
+        files = [path] if path.is_file() else [p for p in path.rglob("*.py") if "__pycache__" not in p.parts]
+        for file in files:
+            relative = file.relative_to(support.ROOT).as_posix()
+            assert not dockerignored(relative), f"COPY {source}: {relative} is excluded by .dockerignore"
+
+
+def test_secrets_and_the_virtualenv_stay_out_of_the_build_context() -> None:
+    for path in (".venv/bin/python", ".git/config", "tests/support.py", ".make/test", "bench/results/x.json"):
+        assert dockerignored(path), path
+
+
+def test_the_image_runs_as_an_unprivileged_user() -> None:
+    users = [arguments for keyword, arguments in instructions() if keyword == "USER"]
+    assert users, "no USER: the container would run as root"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0")
+    keywords = [keyword for keyword, _ in instructions()]
+    assert keywords.index("USER") < keywords.index("CMD")
+
+
+def test_the_images_command_serves_and_its_healthcheck_tells_alive_from_dead(tmp_path: Path) -> None:
+    (healthcheck,) = [arguments for keyword, arguments in instructions() if keyword == "HEALTHCHECK"]
+    check = exec_form(healthcheck[healthcheck.index("CMD") + 3 :])
+    (cmd,) = [arguments for keyword, arguments in instructions() if keyword == "CMD"]
+    with support.running(support.demo_upstream(tmp_path)) as upstream:
+        port = support.free_port()
+        config = tmp_path / "capibara-facade.toml"
+        config.write_text(f"[server]\nport = {port}\n\n" + support.upstream_config(upstream.url))
+        # The image's environment; only the config path and (tests stay on loopback) the address differ.
+        env = {**image_env(), "CAPIBARA_CONFIG": str(config), "CAPIBARA_HOST": "127.0.0.1"}
+        container = support.ServerProcess(exec_form(cmd), port, tmp_path / "container.log", env)
+        check_env = {**os.environ, **env}
+        with support.running(container):
+            alive = subprocess.run(check, env=check_env, capture_output=True, text=True, timeout=30)
+            assert alive.returncode == 0, alive.stderr
+        dead = subprocess.run(check, env=check_env, capture_output=True, text=True, timeout=30)
+        assert dead.returncode != 0
+
+
+def test_the_image_stops_on_sigterm_and_documents_a_longer_stop_timeout() -> None:
+    (stopsignal,) = [arguments for keyword, arguments in instructions() if keyword == "STOPSIGNAL"]
+    assert getattr(signal, stopsignal) == signal.SIGTERM
+    grace = load_config(DEPLOY / "capibara-facade.toml", {}).server.shutdown_grace_seconds
+    timeout = re.search(r"docker stop -t (\d+)", DOCKERFILE.read_text())
+    assert timeout is not None and int(timeout.group(1)) > grace
+
+
+# --- compose.yaml ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return document
+
+
+def test_the_compose_file_follows_the_compose_specification() -> None:
+    parsed = PyCompose.from_yaml(COMPOSE.read_text())
+    assert set(parsed.service_names()) == {"facade", "nginx"}
+
+
+def test_compose_builds_the_image_from_this_dockerfile_and_mounts_files_that_exist(compose: dict[str, Any]) -> None:
+    build = compose["services"]["facade"]["build"]
+    context = (DEPLOY / build["context"]).resolve()
+    assert (context / build["dockerfile"]).resolve() == DOCKERFILE
+    for service in compose["services"].values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"compose mounts {source}, which does not exist"
+    for env_file in compose["services"]["nginx"]["env_file"]:
+        assert (DEPLOY / env_file).is_file()
+
+
+def test_compose_nginx_renders_the_shipped_site_and_reaches_the_facade_where_it_listens(
+    compose: dict[str, Any],
+) -> None:
+    facade, nginx = compose["services"]["facade"], compose["services"]["nginx"]
+    templates = [v for v in nginx["volumes"] if v.split(":")[1].startswith("/etc/nginx/templates/")]
+    assert [t.split(":")[0] for t in templates] == ["./nginx/capibara6.conf.template"]
+    assert templates[0].split(":")[1].endswith(".template")
+    config_path = image_env()["CAPIBARA_CONFIG"]
+    mounted_config = next(v.split(":")[0] for v in facade["volumes"] if v.split(":")[1] == config_path)
+    env = {**image_env(), **{k: str(v) for k, v in facade["environment"].items()}}
+    env["CAPIBARA_UPSTREAM_URL"] = "http://models-europe:8082"  # compose interpolates it from the host
+    server = load_config(DEPLOY / mounted_config, env).server
+    assert nginx["environment"]["CAPIBARA_FACADE_ADDR"] == f"facade:{server.port}"
+    assert str(server.port) in [str(port) for port in facade["expose"]]
+    grace = re.fullmatch(r"(\d+)s", facade["stop_grace_period"])
+    assert grace is not None and int(grace.group(1)) > server.shutdown_grace_seconds
