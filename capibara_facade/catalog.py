@@ -12,7 +12,7 @@ import time
 
 import msgspec
 
-from .config import Config, ModelConfig
+from .config import CompatConfig, Config, ModelConfig
 from .errors import ModelNotFound
 
 __all__ = ["Catalog", "Route"]
@@ -29,17 +29,22 @@ class Route(msgspec.Struct, frozen=True):
     max_tokens: int | None = None
     stream_usage: bool = False
     owned_by: str = "capibara-facade"
+    compat: CompatConfig = CompatConfig()
 
     @property
     def rewrites_request(self) -> bool:
-        """Whether the body must be re-encoded at all; when not, the client's bytes go upstream untouched."""
+        """Whether every body must be re-encoded; when not, the client's bytes go upstream untouched unless
+        the request itself needs a fix (see `wire.upstream_body`)."""
         return self.upstream_model != self.public_name or bool(self.defaults) or self.max_tokens is not None
 
 
 class Catalog:
     def __init__(self, config: Config) -> None:
-        self._routes = {model.name: _route(model) for model in config.models}
+        self._routes = {model.name: _route(model, config.upstreams[model.upstream].compat) for model in config.models}
         self._passthrough_upstream = config.passthrough_unknown_models_to
+        self._passthrough_compat = (
+            config.upstreams[self._passthrough_upstream].compat if self._passthrough_upstream else CompatConfig()
+        )
         # One fixed `created` for the lifetime of the process: clients cache model lists.
         self.created = int(time.time())
 
@@ -48,7 +53,7 @@ class Catalog:
         if route is not None:
             return route
         if self._passthrough_upstream is not None:
-            return Route(name, self._passthrough_upstream, name)
+            return Route(name, self._passthrough_upstream, name, compat=self._passthrough_compat)
         raise ModelNotFound(name, self.names())
 
     def get(self, name: str) -> Route:
@@ -71,7 +76,7 @@ class Catalog:
         return names
 
 
-def _route(model: ModelConfig) -> Route:
+def _route(model: ModelConfig, compat: CompatConfig) -> Route:
     return Route(
         public_name=model.name,
         upstream=model.upstream,
@@ -81,4 +86,5 @@ def _route(model: ModelConfig) -> Route:
         max_tokens=model.max_tokens,
         stream_usage=model.stream_usage,
         owned_by=model.owned_by or model.upstream,
+        compat=compat,
     )

@@ -28,6 +28,7 @@ import msgspec
 
 __all__ = [
     "AuthConfig",
+    "CompatConfig",
     "Config",
     "ConfigError",
     "CorsConfig",
@@ -76,6 +77,17 @@ class ServerConfig(Base, frozen=True):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "warning"
 
 
+class CompatConfig(Base, frozen=True):
+    """Request fixes for upstreams that deviate from OpenAI's API; each changes the body only when needed."""
+
+    # Servers that know only `max_tokens` (llama.cpp's Python server) ignore `max_completion_tokens`, which
+    # LangChain and newer SDKs send, and generate until the context is full: mirror it into `max_tokens`.
+    max_tokens_from_max_completion_tokens: bool = False
+    # llama.cpp's Python server answers 500 to an assistant turn with `"content": null` and `tool_calls` (what
+    # every tool loop sends back): send `""` instead.
+    empty_content_for_tool_calls: bool = False
+
+
 class UpstreamConfig(Base, frozen=True):
     # Base URL that `/v1/chat/completions` and `/v1/models` are appended to, e.g. http://10.0.0.5:8082.
     url: str = "http://127.0.0.1:8082"
@@ -95,6 +107,7 @@ class UpstreamConfig(Base, frozen=True):
     max_connections: PositiveInt = 1024
     # Idle keep-alive connections are closed after this long.
     keepalive_expiry_seconds: PositiveFloat = 30.0
+    compat: CompatConfig = CompatConfig()
 
 
 class ModelConfig(Base, frozen=True):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,6 +23,15 @@ from .errors import InvalidRequest, MethodNotAllowed, PayloadTooLarge
 __all__ = ["ClientDisconnected", "Exchange"]
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+_REQUEST_ID_NAMESPACE = uuid.UUID("5f0e2bb4-7a52-4c1e-9d6c-6361706962c6")
+
+
+def _as_uuid(request_id: str) -> str:
+    try:
+        uuid.UUID(request_id)
+    except ValueError:
+        return uuid.uuid5(_REQUEST_ID_NAMESPACE, request_id).hex
+    return request_id
 
 
 class ClientDisconnected(Exception):
@@ -29,7 +39,7 @@ class ClientDisconnected(Exception):
 
 
 class Exchange:
-    __slots__ = ("authorization", "content_length", "receive", "request_id", "scope", "send")
+    __slots__ = ("authorization", "content_length", "receive", "request_id", "scope", "send", "upstream_request_id")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
@@ -45,8 +55,14 @@ class Exchange:
                 self.content_length = int(value)
             elif name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
                 request_id = value
-        # Propagated upstream and returned to the client, so one id follows a request through every log.
-        self.request_id = request_id.decode() if request_id else os.urandom(16).hex()
+        # Returned to the client and sent upstream, so one id follows a request through every log. Upstreams
+        # get it in UUID form: llama.cpp's server answers an empty 400 to any other X-Request-ID. A client's
+        # own non-UUID id is mapped to a stable UUID (uuid5), so the two logs can still be joined.
+        if request_id is None:
+            self.request_id = self.upstream_request_id = os.urandom(16).hex()
+        else:
+            self.request_id = request_id.decode()
+            self.upstream_request_id = _as_uuid(self.request_id)
 
     def require_method(self, method: str) -> None:
         used = self.scope.get("method")

@@ -1,13 +1,16 @@
 """Forwarding to an upstream: `send()` for a whole answer, `open_stream()` for Server-Sent Events.
 
+An upstream's 4xx reaches the client with its status and JSON body unchanged (a non-JSON body is put into
+OpenAI's envelope). An upstream's 5xx keeps its status, but its body is replaced by the facade's own
+envelope: model servers put stack traces and file paths there (llama.cpp's does), and the client can do
+nothing with them. The original is logged.
+
 Requests go straight to the upstream's httpx transport (`handle_async_request`), not through
 `AsyncClient.send`: the client's auth, redirect, cookie and event-hook layers do nothing for a proxy
 and cost ~20% of the facade's CPU per request (py-spy, one worker at 32 concurrent requests).
 
 This is the one place where httpx's exceptions become the facade's: an upstream that cannot be reached
-is a 502, one that is too slow a 504. An upstream that answers with an error status is not an exception:
-its status and JSON body reach the client as they are (a non-JSON body is wrapped in OpenAI's envelope,
-and for 5xx without its text, which can carry the upstream's file paths and stack traces).
+is a 502, one that is too slow a 504.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ __all__ = ["Reply", "body_stream", "open_stream", "passthrough_headers", "send"]
 
 log = logging.getLogger(__name__)
 
-# Headers that describe one hop, not the message; the facade's server sets its own.
-_HOP_BY_HOP = frozenset(
+# Upstream response headers the client does not get: those that describe one hop (the facade's server sets
+# its own), and the request id, which the client gets in its own form (the upstream saw the UUID form).
+_NOT_FORWARDED = frozenset(
     (b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"te", b"trailer", b"upgrade",
-     b"proxy-authenticate", b"proxy-connection", b"server", b"date")
+     b"proxy-authenticate", b"proxy-connection", b"server", b"date", b"x-request-id")
 )  # fmt: skip
 _JSON = [(b"content-type", b"application/json")]
 
@@ -79,7 +83,7 @@ async def _read(response: httpx.Response) -> bytes:
 
 
 def passthrough_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
-    return [(name, value) for name, value in response.headers.raw if name.lower() not in _HOP_BY_HOP]
+    return [(name, value) for name, value in response.headers.raw if name.lower() not in _NOT_FORWARDED]
 
 
 @contextmanager
@@ -103,15 +107,19 @@ def _request(upstream: Upstream, body: bytes, request_id: str, timeout: httpx.Ti
 
 
 def _reply(upstream: Upstream, response: httpx.Response, content: bytes) -> Reply:
-    if response.is_success or _is_json(content):
-        return Reply(response.status_code, passthrough_headers(response), content)
-    # A non-JSON error: keep the status, put the text (4xx) or a summary (5xx) into OpenAI's envelope.
-    log.warning("upstream %s answered %s with a non-JSON body: %.300r", upstream.name, response.status_code, content)
-    if response.status_code < 500:
-        message = content.decode("utf-8", "replace").strip()[:1000] or f"HTTP {response.status_code}"
-        return Reply(response.status_code, _JSON, envelope(message, "invalid_request_error"))
-    message = f"The upstream {upstream.name!r} failed with HTTP {response.status_code}."
-    return Reply(response.status_code, _JSON, envelope(message, "upstream_error", code="upstream_error"))
+    status = response.status_code
+    if response.is_success or (status < 500 and _is_json(content)):
+        return Reply(status, passthrough_headers(response), content)
+    # The upstream's own failure: keep the status, never its text (it can carry file paths and stack traces).
+    log.warning("upstream %s answered %s: %.500r", upstream.name, status, content)
+    if status >= 500:
+        message = f"The upstream {upstream.name!r} failed with HTTP {status}."
+        return Reply(status, _JSON, envelope(message, "upstream_error", code="upstream_error"))
+    # A non-JSON 4xx is meant for the client: its text goes into OpenAI's envelope.
+    message = (
+        content.decode("utf-8", "replace").strip()[:1000] or f"The upstream {upstream.name!r} answered HTTP {status}."
+    )
+    return Reply(status, _JSON, envelope(message, "invalid_request_error"))
 
 
 def _is_json(content: bytes) -> bool:

@@ -96,13 +96,13 @@ async def _relay_chat(gateway: Gateway, exchange: Exchange, body: bytes) -> None
 
     if not chat.stream:
         async with exchange.cancel_on_disconnect():
-            reply = await forward.send(upstream, upstream_body, exchange.request_id)
+            reply = await forward.send(upstream, upstream_body, exchange.upstream_request_id)
         content = wire.rename_model(reply.content, rename_to) if rename_to and reply.status < 400 else reply.content
         await exchange.respond(reply.status, reply.headers, content)
         return
 
     async with exchange.cancel_on_disconnect():
-        opened = await forward.open_stream(upstream, upstream_body, exchange.request_id)
+        opened = await forward.open_stream(upstream, upstream_body, exchange.upstream_request_id)
     if isinstance(opened, forward.Reply):  # refused before streaming: an ordinary error answer
         await exchange.respond(opened.status, opened.headers, opened.content)
         return

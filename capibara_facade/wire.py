@@ -106,7 +106,9 @@ class ModelList(Struct):
 _chat_decoder = msgspec.json.Decoder(ChatRequest)
 _fields_decoder = msgspec.json.Decoder(dict[str, Raw])
 _encode = msgspec.json.Encoder().encode
+_turns_decoder = msgspec.json.Decoder(list[dict[str, Raw]])
 _INCLUDE_USAGE = Raw(b'{"include_usage":true}')
+_NULL = Raw(b"null")
 
 
 def read_chat(body: bytes) -> ChatRequest:
@@ -155,14 +157,24 @@ def _invalid(exc: msgspec.ValidationError) -> InvalidRequest:
 
 
 def upstream_body(body: bytes, chat: ChatRequest, route: Route) -> bytes:
-    """The body to send upstream: the client's own bytes, or with only `model`, defaults and caps changed."""
+    """The body to send upstream: the client's own bytes, or with only the fields a route demands changed:
+    `model`, declared defaults and caps, streamed usage, and the upstream's compatibility fixes."""
     add_usage = route.stream_usage and chat.stream and chat.stream_options is None
-    if not (route.rewrites_request or add_usage):
+    compat = route.compat
+    mirror_max_tokens = (
+        compat.max_tokens_from_max_completion_tokens
+        and chat.max_completion_tokens is not None
+        and chat.max_tokens is None
+    )
+    fill_content = compat.empty_content_for_tool_calls and any(
+        message.content is None and message.tool_calls for message in chat.messages
+    )
+    if not (route.rewrites_request or add_usage or mirror_max_tokens or fill_content):
         return body
     fields = _fields_decoder.decode(body)
     fields["model"] = Raw(_encode(route.upstream_model))
     for key, value in route.defaults.items():
-        if fields.get(key, Raw(b"null")) == Raw(b"null"):
+        if fields.get(key, _NULL) == _NULL:
             fields[key] = value
     if route.max_tokens is not None:
         cap = Raw(_encode(route.max_tokens))
@@ -172,9 +184,21 @@ def upstream_body(body: bytes, chat: ChatRequest, route: Route) -> bytes:
                 fields[key] = cap
         if chat.max_tokens is None and chat.max_completion_tokens is None:
             fields["max_tokens"] = cap
+    if mirror_max_tokens:
+        fields["max_tokens"] = fields["max_completion_tokens"]  # after the cap, so the ceiling holds for both
     if add_usage:
         fields["stream_options"] = _INCLUDE_USAGE
+    if fill_content:
+        fields["messages"] = _with_empty_tool_call_content(fields["messages"])
     return _encode(fields)
+
+
+def _with_empty_tool_call_content(messages: Raw) -> Raw:
+    turns = _turns_decoder.decode(messages)
+    for turn in turns:
+        if turn.get("content", _NULL) == _NULL and "tool_calls" in turn:
+            turn["content"] = Raw(b'""')
+    return Raw(_encode(turns))
 
 
 def rename_model(document: bytes, public_name: str) -> bytes:

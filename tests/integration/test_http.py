@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import uuid
 from pathlib import Path
 
 import httpx
@@ -159,11 +160,23 @@ def test_the_wrong_method_is_a_405_envelope(http: httpx.Client) -> None:
 # --- headers ---------------------------------------------------------------------------------------------
 
 
-def test_the_request_id_follows_the_request_upstream_and_back(http: httpx.Client, upstream: Upstream) -> None:
+def test_a_uuid_request_id_follows_the_request_upstream_and_back(http: httpx.Client, upstream: Upstream) -> None:
+    request_id = "0f8fad5b-d9cb-469f-a165-70867728950e"
     body = {"model": "capibara6", "messages": HELLO}
-    response = http.post("/v1/chat/completions", json=body, headers={"X-Request-ID": "trace-42"})
-    assert response.headers["x-request-id"] == "trace-42"
-    assert upstream.request("trace-42")["body"]
+    response = http.post("/v1/chat/completions", json=body, headers={"X-Request-ID": request_id})
+    assert response.headers["x-request-id"] == request_id
+    assert upstream.request(request_id)["body"]
+
+
+def test_any_other_request_id_comes_back_unchanged_and_goes_upstream_in_stable_uuid_form(
+    http: httpx.Client, upstream: Upstream
+) -> None:
+    body = {"model": "capibara6", "messages": HELLO}
+    first = http.post("/v1/chat/completions", json=body, headers={"X-Request-ID": "frontend-42"})
+    second = http.post("/v1/chat/completions", json=body, headers={"X-Request-ID": "frontend-42"})
+    assert first.headers["x-request-id"] == second.headers["x-request-id"] == "frontend-42"
+    sent = [record["request_id"] for record in upstream.requests()[-2:]]
+    assert sent[0] == sent[1] == uuid.uuid5(uuid.UUID("5f0e2bb4-7a52-4c1e-9d6c-6361706962c6"), "frontend-42").hex
 
 
 def test_the_upstream_gets_its_own_key_never_the_clients(http: httpx.Client, upstream: Upstream) -> None:

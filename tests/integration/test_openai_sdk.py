@@ -178,17 +178,27 @@ def test_an_upstream_error_on_a_stream_request_is_an_ordinary_error_response(cli
             model="capibara6", messages=HELLO, stream=True, extra_body={"demo": {"status": 503}}
         )
     assert caught.value.status_code == 503
-    assert isinstance(caught.value.body, dict) and caught.value.body["message"] == "demo fault 503"
+    assert caught.value.code == "upstream_error"
 
 
-def test_an_upstream_plain_text_500_is_wrapped_without_leaking_its_text(client: openai.OpenAI) -> None:
+@pytest.mark.parametrize("plain", [True, False], ids=["plain-text", "json"])
+def test_an_upstream_500_keeps_its_status_but_never_shows_its_text(client: openai.OpenAI, plain: bool) -> None:
     with pytest.raises(openai.InternalServerError) as caught:
         client.chat.completions.create(
-            model="capibara6", messages=HELLO, extra_body={"demo": {"status": 500, "plain_error": True}}
+            model="capibara6", messages=HELLO, extra_body={"demo": {"status": 500, "plain_error": plain}}
         )
     assert caught.value.status_code == 500
     assert isinstance(caught.value.body, dict) and caught.value.body["type"] == "upstream_error"
     assert "/srv/model" not in caught.value.message
+    assert "demo fault" not in caught.value.message
+
+
+def test_an_upstream_4xx_without_json_is_wrapped_with_its_text(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        client.chat.completions.create(
+            model="capibara6", messages=HELLO, extra_body={"demo": {"status": 403, "plain_error": True}}
+        )
+    assert "Internal Server Error" in caught.value.message
 
 
 def test_an_upstream_dying_mid_stream_raises_api_error_after_the_delivered_chunks(client: openai.OpenAI) -> None:

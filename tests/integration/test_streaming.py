@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -71,7 +72,7 @@ def test_events_reach_the_client_while_the_upstream_is_still_generating(facade_u
 def _abandon(facade_url: str, body: dict[str, object], read_events: int) -> str:
     """Send a request on a raw socket, read `read_events` SSE events (0: none), then hang up."""
     payload = json.dumps(body).encode()
-    request_id = f"abandon-{time.monotonic_ns()}"
+    request_id = str(uuid.uuid4())
     port = int(facade_url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(

@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from capibara_facade.catalog import Route
+from capibara_facade.config import CompatConfig
 from capibara_facade.errors import InvalidRequest
 from capibara_facade.wire import read_chat, rename_model, upstream_body
 
@@ -110,3 +111,29 @@ def test_stream_usage_asks_for_usage_on_streams_that_did_not_say() -> None:
     assert upstream_body(declined, read_chat(declined), route) is declined
     whole = b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}'
     assert upstream_body(whole, read_chat(whole), route) is whole
+
+
+def test_compat_mirrors_max_completion_tokens_into_max_tokens_for_upstreams_that_ignore_it() -> None:
+    route = Route("m", "default", "m", max_tokens=50, compat=CompatConfig(max_tokens_from_max_completion_tokens=True))
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 80}'
+    sent = json.loads(upstream_body(body, read_chat(body), route))
+    assert (sent["max_tokens"], sent["max_completion_tokens"]) == (50, 50)
+    plain = Route("m", "default", "m", compat=CompatConfig(max_tokens_from_max_completion_tokens=True))
+    sent = json.loads(upstream_body(body, read_chat(body), plain))
+    assert (sent["max_tokens"], sent["max_completion_tokens"]) == (80, 80)
+
+
+def test_compat_sends_empty_content_for_assistant_tool_call_turns_and_keeps_the_rest() -> None:
+    route = Route("m", "default", "m", compat=CompatConfig(empty_content_for_tool_calls=True))
+    body = (
+        b'{"model": "m", "messages": [{"role": "user", "content": "caf\\u00e9"},'
+        b' {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",'
+        b' "function": {"name": "f", "arguments": "{}"}}]}, {"role": "tool", "tool_call_id": "c", "content": "1"}]}'
+    )
+    sent = upstream_body(body, read_chat(body), route)
+    messages = json.loads(sent)["messages"]
+    assert messages[1]["content"] == ""
+    assert messages[1]["tool_calls"][0]["id"] == "c"
+    assert b'"content":"caf\\u00e9"' in sent  # values keep their bytes; only whitespace between fields goes
+    untouched = b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}'
+    assert upstream_body(untouched, read_chat(untouched), route) is untouched
