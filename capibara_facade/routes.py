@@ -103,14 +103,14 @@ async def _relay_chat(gateway: Gateway, exchange: Exchange, body: bytes) -> None
 
     async with exchange.cancel_on_disconnect():
         opened = await forward.open_stream(upstream, upstream_body, exchange.upstream_request_id)
-    if isinstance(opened, forward.Reply):  # refused before streaming: an ordinary error answer
-        await exchange.respond(opened.status, opened.headers, opened.content)
-        return
-    try:
-        async with exchange.cancel_on_disconnect(), aclosing(sse.relay(opened, upstream.name, rename_to)) as events:
-            await exchange.start(opened.status_code, [*forward.passthrough_headers(opened), *sse.HEADERS])
-            async for chunk in events:
-                await exchange.write(chunk)
-    finally:
-        await opened.aclose()
+        if isinstance(opened, forward.Reply):  # refused before streaming: an ordinary error answer
+            await exchange.respond(opened.status, opened.headers, opened.content)
+            return
+        try:
+            async with aclosing(sse.relay(opened, upstream.name, rename_to)) as events:
+                await exchange.start(opened.status_code, [*forward.passthrough_headers(opened), *sse.HEADERS])
+                async for chunk in events:
+                    await exchange.write(chunk)
+        finally:
+            await opened.aclose()
     await exchange.finish()
