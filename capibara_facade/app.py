@@ -17,18 +17,13 @@ from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
 
 from .config import Config
-from .errors import FacadeError, envelope
+from .errors import FacadeError, InvalidRequest, MethodNotAllowed, PayloadTooLarge, RouteNotFound, envelope
 from .gateway import Gateway
 from .routes import build_routes
 
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
-
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
-          429: "rate_limit_error"}  # fmt: skip
-_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 
 def create_app(config: Config) -> Litestar:
@@ -70,15 +65,19 @@ def _render(_: Request[Any, Any, Any], exc: FacadeError) -> Response[bytes]:
     return Response(exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers())
 
 
-def _render_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
-    status = exc.status_code
-    body = envelope(
-        exc.detail if status < 500 else "The server failed to handle the request.",
-        _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error"),
-        None,
-        _CODES.get(status),
-    )
-    return Response(body, status_code=status, media_type="application/json", headers=exc.headers)
+def _render_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    """Litestar's own HTTP errors (unknown path, wrong method, bad path parameter) as the facade's."""
+    if exc.status_code >= 500:
+        return _render_unexpected(request, exc)
+    error = _FRAMEWORK_ERRORS.get(exc.status_code, InvalidRequest)(exc.detail)
+    return Response(error.body(), status_code=exc.status_code, media_type="application/json", headers=exc.headers)
+
+
+_FRAMEWORK_ERRORS: dict[int, type[FacadeError]] = {
+    404: RouteNotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+}
 
 
 def _render_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

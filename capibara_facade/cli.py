@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import MutableMapping, Sequence
 
 import httpx
-import msgspec
 import uvicorn
 from litestar import Litestar
 from uvicorn.supervisors import Multiprocess
@@ -72,23 +72,25 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace, environ: MutableMapping[str, str]) -> Config:
-    if args.config:
-        environ["CAPIBARA_CONFIG"] = args.config  # worker processes re-load the same file
-    config = load_config(environ.get("CAPIBARA_CONFIG"), environ)
-    overrides = {
-        key: value
-        for key, value in (("host", args.host), ("port", args.port), ("workers", getattr(args, "workers", None)))
-        if value is not None
-    }
-    if overrides.get("workers", 1) < 1:
-        raise ConfigError(f"--workers: {overrides['workers']} must be at least 1")
-    return msgspec.structs.replace(config, server=msgspec.structs.replace(config.server, **overrides))
+    """The config from --config (or $CAPIBARA_CONFIG) and the environment, with --host/--port/--workers on top.
+
+    The options are applied as their environment variables, so they are validated like every other value,
+    and worker processes, which load the config again from the environment, see the same."""
+    options = {"CAPIBARA_CONFIG": args.config, "CAPIBARA_HOST": args.host, "CAPIBARA_PORT": args.port}
+    options["CAPIBARA_WORKERS"] = getattr(args, "workers", None)
+    environ.update({variable: str(value) for variable, value in options.items() if value is not None})
+    return load_config(environ.get("CAPIBARA_CONFIG"), environ)
+
+
+def _configure_logging(config: Config) -> None:
+    level = config.server.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _serve(args: argparse.Namespace) -> int:
     config = _load(args, os.environ)
     server = config.server
-    logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(config)
     # One process: hand uvicorn the app. Several: each worker builds its own from the same file + environment.
     app: Litestar | str = create_app(config) if server.workers == 1 else "capibara_facade.cli:app_from_environment"
     uvicorn_config = uvicorn.Config(
@@ -105,15 +107,14 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=server.log_level,
         proxy_headers=False,  # the facade reads no client address; uvicorn's proxy middleware costs CPU
         server_header=False,
-        timeout_keep_alive=int(server.keepalive_timeout_seconds),
+        timeout_keep_alive=server.keepalive_timeout_seconds,
         # SIGTERM: stop accepting, let open requests and streams finish for this long, then cancel them.
-        timeout_graceful_shutdown=int(server.shutdown_grace_seconds),
+        timeout_graceful_shutdown=server.shutdown_grace_seconds,
         backlog=4096,
     )
     if server.workers > 1:
         _Workers(uvicorn_config, sockets=[uvicorn_config.bind_socket()]).run()
         return 0
-    uvicorn_config.load_app()
     single = uvicorn.Server(uvicorn_config)
     single.run()
     return 0 if single.started else 3  # e.g. the port is taken: uvicorn has logged why
@@ -135,12 +136,18 @@ class _Workers(Multiprocess):
 
 def app_from_environment() -> Litestar:
     """uvicorn's app factory for worker processes: the config the parent validated, loaded again."""
-    return create_app(load_config(os.environ.get("CAPIBARA_CONFIG"), os.environ))
+    config = load_config(os.environ.get("CAPIBARA_CONFIG"), os.environ)
+    _configure_logging(config)
+    return create_app(config)
 
 
 def _demo(args: argparse.Namespace) -> int:
     """The whole path on one machine: the demo upstream as a child process, the facade in front of it."""
     upstream_url = f"http://127.0.0.1:{args.upstream_port}"
+    with socket.socket() as probe:  # fronting whatever else listens there would be a confusing demo
+        if probe.connect_ex(("127.0.0.1", args.upstream_port)) == 0:
+            print(f"capibara-facade: port {args.upstream_port} is taken; use --upstream-port", file=sys.stderr)
+            return 1
     argv = [sys.executable, "-m", "capibara_facade", "demo-upstream", "--port", str(args.upstream_port)]
     upstream = subprocess.Popen(argv)
     try:
@@ -154,17 +161,19 @@ def _demo(args: argparse.Namespace) -> int:
                     print("capibara-facade: the demo upstream did not start", file=sys.stderr)
                     return 1
                 time.sleep(0.1)
-        environ = {**os.environ, "CAPIBARA_UPSTREAM_URL": upstream_url}
-        config = _load(args, environ)
+        os.environ["CAPIBARA_UPSTREAM_URL"] = upstream_url
+        args.workers = 1
+        config = _load(args, dict(os.environ))
         print(
             f"demo: facade on http://{config.server.host}:{config.server.port} → demo upstream on {upstream_url}\n"
             f"try:  curl -N http://{config.server.host}:{config.server.port}/api/chat "
             '-H \'Content-Type: application/json\' -d \'{"message": "Hola capibara", "stream": true}\'',
             flush=True,
         )
-        os.environ["CAPIBARA_UPSTREAM_URL"] = upstream_url
-        args.workers = 1
         return _serve(args)
     finally:
         upstream.terminate()
-        upstream.wait(10)
+        try:
+            upstream.wait(10)
+        except subprocess.TimeoutExpired:
+            upstream.kill()

@@ -18,10 +18,11 @@ Environment overrides (applied on top of the file, before validation):
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -47,6 +48,7 @@ MODELS_EUROPE_IDS = (
     "gemma3_multimodal",
 )
 
+T = TypeVar("T")
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -68,10 +70,10 @@ class ServerConfig(Base, frozen=True):
     # Requests with a larger body are refused with 413 before they are read further.
     max_body_bytes: PositiveInt = 8 * 1024 * 1024
     # On SIGTERM: stop accepting, give in-flight requests and streams this long to finish.
-    shutdown_grace_seconds: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    shutdown_grace_seconds: Annotated[int, msgspec.Meta(ge=0)] = 30
     # Idle client connections stay open this long; keep it above the proxy's own upstream keep-alive (nginx: 60 s)
     # so the proxy never reuses a connection the facade is closing.
-    keepalive_timeout_seconds: PositiveFloat = 75.0
+    keepalive_timeout_seconds: PositiveInt = 75
     # uvicorn's access log costs ~20% CPU per request; off unless asked for.
     access_log: bool = False
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "warning"
@@ -105,8 +107,9 @@ class UpstreamConfig(Base, frozen=True):
     # Pool size: the most concurrent requests in flight to this upstream. httpx's default (100) would
     # silently queue everything above it.
     max_connections: PositiveInt = 1024
-    # Idle keep-alive connections are closed after this long.
-    keepalive_expiry_seconds: PositiveFloat = 30.0
+    # Idle keep-alive connections are closed after this long: keep it below the upstream's own idle timeout
+    # (uvicorn-based servers, llama.cpp's among them: 5 s), or a request may meet a connection being closed.
+    keepalive_expiry_seconds: PositiveFloat = 4.0
     compat: CompatConfig = CompatConfig()
 
 
@@ -189,16 +192,51 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
             raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    _apply_environment(raw, environ or {})
+    source = str(path) if path is not None else "built-in defaults"
+    if _apply_environment(raw, environ or {}):
+        source += " + CAPIBARA_* environment"
     try:
-        config = msgspec.convert(raw, Config, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path or 'configuration'}: {_describe(exc)}") from None
+        # Upstreams one by one first: msgspec names a dict entry `[...]`, and the name is what an operator needs.
+        for name, table in raw.get("upstreams", {}).items():
+            _convert(table, UpstreamConfig, f"upstreams.{name}")
+        config = _convert(raw, Config, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     _validate(config)
     return config
 
 
-def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+def _convert(raw: Any, kind: type[T], where: str) -> T:
+    try:
+        return msgspec.convert(raw, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        # msgspec says "Expected `int`, got `str` - at `$.server.port`": lead with the key, add the value.
+        message, _, at = str(exc).partition(" - at `$")
+        at = at.rstrip("`")
+        key = f"{where}{at}".lstrip(".") or "(top level)"
+        value = _value_at(raw, at)
+        shown = f" (got {value!r})" if value is not _MISSING else ""
+        raise ConfigError(f"{key}: {message}{shown}") from None
+
+
+_MISSING = object()
+
+
+def _value_at(raw: Any, path: str) -> Any:
+    """The value at a msgspec error path like `.models[1].name`, or _MISSING."""
+    node = raw
+    for part in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path):
+        key, index = part
+        try:
+            node = node[key] if key else node[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return node if path else _MISSING
+
+
+def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> bool:
+    """Apply the CAPIBARA_* overrides in `environ` to `raw`; whether there were any."""
+    applied = False
     shortcuts = {
         "CAPIBARA_HOST": ("server", "host"),
         "CAPIBARA_PORT": ("server", "port"),
@@ -206,20 +244,28 @@ def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
     }
     for variable, (section, key) in shortcuts.items():
         if variable in environ:
-            _set(raw, (section, key), _scalar(environ[variable]))
+            applied = _set(raw, (section, key), environ[variable])
     if "CAPIBARA_UPSTREAM_URL" in environ:
         upstreams = raw.setdefault("upstreams", {"default": {}})
-        name = "default" if "default" in upstreams or len(upstreams) != 1 else next(iter(upstreams))
-        _set(raw, ("upstreams", name, "url"), environ["CAPIBARA_UPSTREAM_URL"])
+        if "default" in upstreams or len(upstreams) == 1:
+            name = "default" if "default" in upstreams else next(iter(upstreams))
+        else:
+            names = ", ".join(sorted(upstreams))
+            raise ConfigError(
+                f"CAPIBARA_UPSTREAM_URL: there are several upstreams ({names}) and none is named 'default'; "
+                "set CAPIBARA__UPSTREAMS__<NAME>__URL instead"
+            )
+        applied = _set(raw, ("upstreams", name, "url"), environ["CAPIBARA_UPSTREAM_URL"])
     if "CAPIBARA_API_KEYS" in environ:
         keys = [key.strip() for key in environ["CAPIBARA_API_KEYS"].split(",") if key.strip()]
-        _set(raw, ("auth", "api_keys"), keys)
+        applied = _set(raw, ("auth", "api_keys"), keys)
     for variable, value in environ.items():
         if variable.startswith("CAPIBARA__"):
             path = tuple(part.lower() for part in variable.removeprefix("CAPIBARA__").split("__"))
             if len(path) >= 2 and path[0] == "upstreams":
                 path = ("upstreams", _upstream_key(raw, path[1]), *path[2:])
-            _set(raw, path, _scalar(value))
+            applied = _set(raw, path, _value(value))
+    return applied
 
 
 def _upstream_key(raw: dict[str, Any], env_name: str) -> str:
@@ -230,7 +276,7 @@ def _upstream_key(raw: dict[str, Any], env_name: str) -> str:
     return env_name
 
 
-def _set(raw: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
+def _set(raw: dict[str, Any], keys: tuple[str, ...], value: Any) -> bool:
     node = raw
     for key in keys[:-1]:
         child = node.setdefault(key, {})
@@ -238,28 +284,27 @@ def _set(raw: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
             raise ConfigError(f"environment override {'.'.join(keys)}: {key!r} is not a table")
         node = child
     node[keys[-1]] = value
+    return True
 
 
-def _scalar(text: str) -> Any:
-    """`8000` → 8000, `true` → True, `["a"]` → ["a"]; anything that is not a TOML value stays a string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def _describe(exc: msgspec.ValidationError) -> str:
-    # msgspec says "Expected `int`, got `str` - at `$.server.port`"; lead with the key.
-    message = str(exc)
-    if " - at `$." in message:
-        message, _, where = message.partition(" - at `$.")
-        return f"{where.rstrip('`')}: {message}"
-    return message
+def _value(text: str) -> Any:
+    """An environment value: a TOML array or inline table when it looks like one, else the string itself
+    (converted to the key's type at validation, so an API key of digits stays a string)."""
+    if text.startswith(("[", "{")):
+        try:
+            return tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            pass
+    return text
 
 
 def _validate(config: Config) -> None:
     for name, upstream in config.upstreams.items():
         parts = urlsplit(upstream.url)
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError:
+            raise ConfigError(f"upstreams.{name}.url: {upstream.url!r} has an invalid port") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"upstreams.{name}.url: {upstream.url!r} is not an http(s) URL")
         if upstream.url.endswith("/"):
@@ -287,6 +332,13 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"passthrough_unknown_models_to: {target!r} is not a configured upstream")
     if config.models and config.legacy_chat.model not in seen and target is None:
         raise ConfigError(f"legacy_chat.model: {config.legacy_chat.model!r} is not a configured model name")
+    for index, model in enumerate(config.models):
+        if model.max_tokens is not None:
+            for key in ("max_tokens", "max_completion_tokens"):
+                default = model.defaults.get(key)
+                if isinstance(default, int) and default > model.max_tokens:
+                    cap = model.max_tokens
+                    raise ConfigError(f"models[{index}].defaults.{key}: {default} is above the max_tokens cap {cap}")
     for origin in config.cors.allow_origins:
         if origin != "*" and not urlsplit(origin).scheme:
             raise ConfigError(f"cors.allow_origins: {origin!r} is not an origin like https://example.com")

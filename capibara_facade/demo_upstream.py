@@ -125,7 +125,7 @@ class DemoUpstream:
     ) -> str:
         if await _sleep_unless(disconnected, faults.delay):
             return "client_disconnected"
-        if faults.status >= 400:
+        if faults.status != 200:
             if faults.plain_error:
                 text = b"Internal Server Error\nTraceback: File /srv/model/server.py, line 42\n"
                 await _raw(send, faults.status, b"text/plain", text)

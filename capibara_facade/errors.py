@@ -78,6 +78,11 @@ class FacadeError(Exception):
     def headers(self) -> dict[str, str]:
         return {}
 
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        """All headers of the error response, as ASGI wants them."""
+        extra = [(name.lower().encode(), value.encode()) for name, value in self.headers().items()]
+        return [(b"content-type", b"application/json"), *extra]
+
 
 class InvalidRequest(FacadeError):
     status = 400

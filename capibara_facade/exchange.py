@@ -96,7 +96,7 @@ class Exchange:
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        headers.append((b"x-request-id", self.request_id.encode()))
+        headers = [*headers, (b"x-request-id", self.request_id.encode())]
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def write(self, data: bytes) -> None:

@@ -1,9 +1,10 @@
 """Forwarding to an upstream: `send()` for a whole answer, `open_stream()` for Server-Sent Events.
 
-An upstream's 4xx reaches the client with its status and JSON body unchanged (a non-JSON body is put into
-OpenAI's envelope). An upstream's 5xx keeps its status, but its body is replaced by the facade's own
-envelope: model servers put stack traces and file paths there (llama.cpp's does), and the client can do
-nothing with them. The original is logged.
+An upstream's 4xx with a JSON body reaches the client with its status and body unchanged. An upstream's
+5xx keeps its status, but its body is replaced by the facade's own envelope: model servers put stack
+traces and file paths there (llama.cpp's does), and the client can do nothing with them. A non-JSON 4xx,
+a redirect, or a 401/403 (the facade's upstream key was refused, not the client's) is a 502. The original
+is logged.
 
 Requests go straight to the upstream's httpx transport (`handle_async_request`), not through
 `AsyncClient.send`: the client's auth, redirect, cookie and event-hook layers do nothing for a proxy
@@ -36,6 +37,9 @@ _NOT_FORWARDED = frozenset(
      b"proxy-authenticate", b"proxy-connection", b"server", b"date", b"x-request-id")
 )  # fmt: skip
 _JSON = [(b"content-type", b"application/json")]
+# Upstream statuses whose JSON body is meant for the client (401/403 would blame the client's key for the
+# facade's upstream key).
+_CLIENT_ERRORS = frozenset(range(400, 500)) - {401, 403, 407}
 
 
 class Reply(msgspec.Struct):
@@ -108,18 +112,14 @@ def _request(upstream: Upstream, body: bytes, request_id: str, timeout: httpx.Ti
 
 def _reply(upstream: Upstream, response: httpx.Response, content: bytes) -> Reply:
     status = response.status_code
-    if response.is_success or (status < 500 and _is_json(content)):
+    if response.is_success or (status in _CLIENT_ERRORS and _is_json(content)):
         return Reply(status, passthrough_headers(response), content)
-    # The upstream's own failure: keep the status, never its text (it can carry file paths and stack traces).
+    # Anything else is the upstream's own trouble: never show its text (it can carry file paths and stack
+    # traces), log it. 5xx keeps its status; a refused facade key (401/403), a redirect or a non-JSON 4xx
+    # is a 502: the client can do nothing about any of them.
     log.warning("upstream %s answered %s: %.500r", upstream.name, status, content)
-    if status >= 500:
-        message = f"The upstream {upstream.name!r} failed with HTTP {status}."
-        return Reply(status, _JSON, envelope(message, "upstream_error", code="upstream_error"))
-    # A non-JSON 4xx is meant for the client: its text goes into OpenAI's envelope.
-    message = (
-        content.decode("utf-8", "replace").strip()[:1000] or f"The upstream {upstream.name!r} answered HTTP {status}."
-    )
-    return Reply(status, _JSON, envelope(message, "invalid_request_error"))
+    message = f"The upstream {upstream.name!r} failed with HTTP {status}."
+    return Reply(status if status >= 500 else 502, _JSON, envelope(message, "upstream_error", code="upstream_error"))
 
 
 def _is_json(content: bytes) -> bool:

@@ -16,6 +16,7 @@ import msgspec
 
 from .config import LegacyChatConfig
 from .errors import InvalidRequest
+from .wire import Message, invalid
 
 __all__ = ["LegacyChatRequest", "to_chat_completion"]
 
@@ -31,6 +32,7 @@ class LegacyChatRequest(msgspec.Struct, kw_only=True):
 
 
 _decoder = msgspec.json.Decoder(LegacyChatRequest)
+_message_decoder = msgspec.json.Decoder(Message)
 _encode = msgspec.json.Encoder().encode
 
 
@@ -38,10 +40,13 @@ def to_chat_completion(body: bytes, defaults: LegacyChatConfig) -> bytes:
     """The OpenAI chat-completion request body for a legacy /api/chat body (validated downstream)."""
     try:
         legacy = _decoder.decode(body)
+        for index, turn in enumerate(legacy.messages or ()):
+            try:  # here, where the index is still the client's (a system message is put in front below)
+                _message_decoder.decode(turn)
+            except msgspec.ValidationError as exc:
+                raise invalid(exc, prefix=f".messages[{index}]") from None
     except msgspec.ValidationError as exc:
-        message, _, where = str(exc).partition(" - at `$.")
-        param = where.rstrip("`") or None
-        raise InvalidRequest(f"Invalid value for '{param}': {message}.", param=param) from None
+        raise invalid(exc) from None
     except msgspec.DecodeError:
         raise InvalidRequest(
             "We could not parse the JSON body of your request. The body must be a JSON object.",

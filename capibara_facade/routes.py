@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from contextlib import aclosing
 
+import httpx
 import msgspec
 from litestar import Response, get
 from litestar.handlers import BaseRouteHandler, asgi
@@ -19,6 +20,7 @@ from litestar.types import Receive, Scope, Send
 
 from . import forward, legacy, sse, wire
 from .catalog import Route
+from .errors import FacadeError
 from .exchange import ClientDisconnected, Exchange
 from .gateway import Gateway
 
@@ -46,8 +48,8 @@ def build_routes(gateway: Gateway) -> list[BaseRouteHandler]:
 
     @get("/health")
     async def health() -> Response[bytes]:
-        """Liveness: the facade answers; each upstream's state is reported, not required."""
-        states = await gateway.pool.probe_all()
+        """Liveness: the facade answers; each upstream's last known state is reported, never waited for."""
+        states = gateway.pool.last_states()
         return Response(_encode({"status": "ok", "upstreams": states}), media_type=_JSON)
 
     @get("/ready")
@@ -76,11 +78,13 @@ def _chat_route(path: str, gateway: Gateway, to_chat_request: Callable[[bytes], 
     @asgi(path, copy_scope=False)
     async def relay_route(scope: Scope, receive: Receive, send: Send) -> None:
         exchange = Exchange(scope, receive, send)
-        exchange.require_method("POST")
         try:
+            exchange.require_method("POST")
+            gateway.authenticate(exchange.authorization)  # before the body: strangers get no buffer
             body = await exchange.read_body(body_limit)
-            gateway.authenticate(exchange.authorization)
             await _relay_chat(gateway, exchange, to_chat_request(body))
+        except FacadeError as error:  # rendered here so that it carries the request id too
+            await exchange.respond(error.status, error.response_headers(), error.body())
         except ClientDisconnected:
             log.debug("client left before the answer was complete (request %s)", exchange.request_id)
 
@@ -103,14 +107,15 @@ async def _relay_chat(gateway: Gateway, exchange: Exchange, body: bytes) -> None
 
     async with exchange.cancel_on_disconnect():
         opened = await forward.open_stream(upstream, upstream_body, exchange.upstream_request_id)
-        if isinstance(opened, forward.Reply):  # refused before streaming: an ordinary error answer
-            await exchange.respond(opened.status, opened.headers, opened.content)
-            return
-        try:
-            async with aclosing(sse.relay(opened, upstream.name, rename_to)) as events:
-                await exchange.start(opened.status_code, [*forward.passthrough_headers(opened), *sse.HEADERS])
-                async for chunk in events:
-                    await exchange.write(chunk)
-        finally:
-            await opened.aclose()
-    await exchange.finish()
+        if isinstance(opened, httpx.Response):
+            try:
+                async with aclosing(sse.relay(opened, upstream.name, rename_to)) as events:
+                    await exchange.start(opened.status_code, [*forward.passthrough_headers(opened), *sse.HEADERS])
+                    async for chunk in events:
+                        await exchange.write(chunk)
+            finally:
+                await opened.aclose()
+    if isinstance(opened, forward.Reply):  # refused before streaming: an ordinary error answer
+        await exchange.respond(opened.status, opened.headers, opened.content)
+    else:
+        await exchange.finish()

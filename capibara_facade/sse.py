@@ -65,10 +65,13 @@ def _complete_events_end(data: bytes) -> int:
 
 
 def _renamed(events: bytes, public_name: str) -> bytes:
-    lines = events.split(b"\n")
+    """`events` with `model` renamed in each JSON `data:` line; every other byte, line endings included, kept."""
+    lines = events.splitlines(keepends=True)
     for index, line in enumerate(lines):
         if line.startswith(b"data:") and b'"model"' in line:
-            carriage = b"\r" if line.endswith(b"\r") else b""
-            payload = line[5:].strip()
-            lines[index] = b"data: " + rename_model(payload, public_name) + carriage
-    return b"\n".join(lines)
+            content = line.rstrip(b"\r\n")
+            payload = content[5:].lstrip(b" ")
+            renamed = rename_model(payload, public_name)
+            if renamed is not payload:
+                lines[index] = content[: len(content) - len(payload)] + renamed + line[len(content) :]
+    return b"".join(lines)

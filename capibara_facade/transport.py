@@ -51,20 +51,30 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         url = self._urls.get(request.url)
         if url is None:
             url = self._urls[request.url] = yarl.URL(str(request.url))
-        try:
-            response = await session.request(
+        client_timeout = aiohttp.ClientTimeout(
+            total=None, connect=timeout.get("pool"), sock_connect=timeout.get("connect"), sock_read=timeout.get("read")
+        )
+
+        async def attempt() -> aiohttp.ClientResponse:
+            return await session.request(
                 request.method,
                 url,
                 headers=request.headers.multi_items(),
                 data=request.content or None,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=timeout.get("pool"),
-                    sock_connect=timeout.get("connect"),
-                    sock_read=timeout.get("read"),
-                ),
+                timeout=client_timeout,
             )
+
+        try:
+            try:
+                response = await attempt()
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if isinstance(exc, aiohttp.ClientConnectorError):
+                    raise
+                # Almost always a pooled connection the upstream closed while idle just as we wrote to it, so
+                # the upstream never saw the request. aiohttp retries that only for idempotent methods; a chat
+                # completion has no side effect, so it is sent once more, on a fresh connection.
+                response = await attempt()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _mapped(exc, connecting=True) from exc
         return httpx.Response(

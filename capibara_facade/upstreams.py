@@ -2,7 +2,8 @@
 
 Clients are created when the app starts and closed when it stops (`Pool.aclose`). The probe runs on
 demand, at most once per `probe_interval_seconds` however many /health or /ready calls arrive, so a
-busy load balancer cannot turn health checks into load on the model server.
+busy load balancer cannot turn health checks into load on the model server. /ready waits for a stale
+probe; /health (liveness) never waits: it reports the last state and refreshes it in the background.
 """
 
 from __future__ import annotations
@@ -74,10 +75,19 @@ class Upstream:
         """The upstream's state, probed afresh when the last probe is older than the configured interval."""
         if time.monotonic() - self._probed_at < self.config.probe_interval_seconds:
             return self.state
-        if self._probing is None:
+        return await asyncio.shield(self._start_probe())
+
+    def last_state(self) -> UpstreamState:
+        """The state from the last probe, at once; a probe starts in the background when it is stale."""
+        if time.monotonic() - self._probed_at >= self.config.probe_interval_seconds:
+            self._start_probe()
+        return self.state
+
+    def _start_probe(self) -> asyncio.Task[UpstreamState]:
+        if self._probing is None:  # one probe at a time, however many callers
             self._probing = asyncio.ensure_future(self._probe())
             self._probing.add_done_callback(lambda _: setattr(self, "_probing", None))
-        return await asyncio.shield(self._probing)
+        return self._probing
 
     async def _probe(self) -> UpstreamState:
         started = time.monotonic()
@@ -110,6 +120,9 @@ class Pool:
         if upstream is None:  # config validation makes this unreachable; kept as a clear error, not a KeyError
             raise UpstreamUnavailable(f"No upstream named {name!r} is configured.")
         return upstream
+
+    def last_states(self) -> dict[str, UpstreamState]:
+        return {name: upstream.last_state() for name, upstream in self.upstreams.items()}
 
     async def probe_all(self) -> dict[str, UpstreamState]:
         states = await asyncio.gather(*(upstream.probe() for upstream in self.upstreams.values()))

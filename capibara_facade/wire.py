@@ -17,7 +17,7 @@ from msgspec import Meta, Raw, Struct
 from .catalog import Route
 from .errors import InvalidRequest
 
-__all__ = ["ChatRequest", "ModelCard", "ModelList", "read_chat", "rename_model", "upstream_body"]
+__all__ = ["ChatRequest", "Message", "ModelCard", "ModelList", "invalid", "read_chat", "rename_model", "upstream_body"]
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 UnitInterval = Annotated[float, Meta(ge=0, le=1)]
@@ -107,6 +107,7 @@ _chat_decoder = msgspec.json.Decoder(ChatRequest)
 _fields_decoder = msgspec.json.Decoder(dict[str, Raw])
 _encode = msgspec.json.Encoder().encode
 _turns_decoder = msgspec.json.Decoder(list[dict[str, Raw]])
+_number_decoder = msgspec.json.Decoder(float)
 _INCLUDE_USAGE = Raw(b'{"include_usage":true}')
 _NULL = Raw(b"null")
 
@@ -116,7 +117,7 @@ def read_chat(body: bytes) -> ChatRequest:
     try:
         chat = _chat_decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise _invalid(exc) from None
+        raise invalid(exc) from None
     except msgspec.DecodeError:
         raise InvalidRequest(
             "We could not parse the JSON body of your request. The body must be a JSON object.",
@@ -143,10 +144,11 @@ def read_chat(body: bytes) -> ChatRequest:
     return chat
 
 
-def _invalid(exc: msgspec.ValidationError) -> InvalidRequest:
+def invalid(exc: msgspec.ValidationError, prefix: str = "") -> InvalidRequest:
+    """A msgspec validation error as a 400 naming the field (`prefix` is put before the field's path)."""
     # msgspec: "Object missing required field `messages`" or "Expected `str`, got `int` - at `$.model`".
     message, _, where = str(exc).partition(" - at `$")
-    param = where.rstrip("`").lstrip(".") or None
+    param = (prefix + where.rstrip("`")).lstrip(".") or None
     if message.startswith("Object missing required field `"):
         field = message.removeprefix("Object missing required field `").rstrip("`")
         param = f"{param}.{field}" if param else field
@@ -177,12 +179,13 @@ def upstream_body(body: bytes, chat: ChatRequest, route: Route) -> bytes:
         if fields.get(key, _NULL) == _NULL:
             fields[key] = value
     if route.max_tokens is not None:
+        # On the final fields, so that neither the client nor a default gets past the ceiling.
         cap = Raw(_encode(route.max_tokens))
-        asked = {"max_tokens": chat.max_tokens, "max_completion_tokens": chat.max_completion_tokens}
-        for key, tokens in asked.items():
-            if tokens is not None and tokens > route.max_tokens:
+        asked = [key for key in ("max_tokens", "max_completion_tokens") if fields.get(key, _NULL) != _NULL]
+        for key in asked:
+            if _number_decoder.decode(fields[key]) > route.max_tokens:
                 fields[key] = cap
-        if chat.max_tokens is None and chat.max_completion_tokens is None:
+        if not asked:
             fields["max_tokens"] = cap
     if mirror_max_tokens:
         fields["max_tokens"] = fields["max_completion_tokens"]  # after the cap, so the ceiling holds for both
@@ -202,7 +205,8 @@ def _with_empty_tool_call_content(messages: Raw) -> Raw:
 
 
 def rename_model(document: bytes, public_name: str) -> bytes:
-    """Set a JSON object's `model` to `public_name`, keeping every other byte; non-objects pass unchanged."""
+    """Set a JSON object's `model` to `public_name`, keeping every other field's bytes; anything else
+    (not an object, no `model`) is returned as the very same object."""
     try:
         fields = _fields_decoder.decode(document)
     except msgspec.DecodeError:

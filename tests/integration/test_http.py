@@ -134,6 +134,14 @@ def test_a_bad_request_body_is_a_400_naming_the_field(http: httpx.Client, body: 
     assert error["param"] == param
 
 
+def test_an_error_answer_carries_the_request_id_too(http: httpx.Client) -> None:
+    response = http.post(
+        "/v1/chat/completions", json={"model": "gpt-17", "messages": HELLO}, headers={"X-Request-ID": "r-1"}
+    )
+    _assert_envelope(response, 404, "model_not_found")
+    assert response.headers["x-request-id"] == "r-1"
+
+
 def test_a_declared_oversized_body_is_refused_with_413_before_it_is_read(facade_url: str) -> None:
     port = int(facade_url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -197,7 +205,8 @@ def test_a_model_served_under_its_own_name_reaches_the_upstream_as_the_clients_e
 # --- health ------------------------------------------------------------------------------------------------
 
 
-def test_health_reports_each_upstreams_state(http: httpx.Client) -> None:
+def test_health_reports_each_upstreams_last_probed_state(http: httpx.Client) -> None:
+    http.get("/ready")  # probes every upstream; /health itself never waits for a probe
     response = http.get("/health")
     assert response.status_code == 200
     upstreams = response.json()["upstreams"]
@@ -233,3 +242,6 @@ def test_with_api_keys_configured_only_a_listed_bearer_key_is_served(tmp_path: P
                         sdk.chat.completions.create(model="capibara6", messages=HELLO)  # type: ignore[arg-type]
         response = httpx.post(facade.url + "/api/chat", json={"message": "hola"})
         _assert_envelope(response, 401, "invalid_api_key")
+        # The key is checked before the body is read: a stranger's oversized body costs no buffer.
+        huge = httpx.post(facade.url + "/api/chat", content=b"x" * 100_000)
+        _assert_envelope(huge, 401, "invalid_api_key")

@@ -193,12 +193,28 @@ def test_an_upstream_500_keeps_its_status_but_never_shows_its_text(client: opena
     assert "demo fault" not in caught.value.message
 
 
-def test_an_upstream_4xx_without_json_is_wrapped_with_its_text(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.PermissionDeniedError) as caught:
-        client.chat.completions.create(
-            model="capibara6", messages=HELLO, extra_body={"demo": {"status": 403, "plain_error": True}}
-        )
-    assert "Internal Server Error" in caught.value.message
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param({"status": 400, "plain_error": True}, id="non-json-400"),
+        pytest.param({"status": 401}, id="upstream-refused-the-facades-key"),
+        pytest.param({"status": 302}, id="redirect"),
+    ],
+)
+def test_upstream_trouble_the_client_cannot_fix_is_a_502_without_upstream_text(
+    client: openai.OpenAI, fault: dict[str, object]
+) -> None:
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model="capibara6", messages=HELLO, extra_body={"demo": fault})
+    assert caught.value.status_code == 502
+    assert caught.value.code == "upstream_error"
+    assert "Traceback" not in caught.value.message and "demo fault" not in caught.value.message
+
+
+def test_an_upstream_json_400_reaches_the_client_as_it_is(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="capibara6", messages=HELLO, extra_body={"demo": {"status": 400}})
+    assert isinstance(caught.value.body, dict) and caught.value.body["message"] == "demo fault 400"
 
 
 def test_an_upstream_dying_mid_stream_raises_api_error_after_the_delivered_chunks(client: openai.OpenAI) -> None:

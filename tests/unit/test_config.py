@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,7 +69,16 @@ def test_an_upstream_named_with_a_dash_is_found_from_its_environment_name(tmp_pa
         pytest.param('[upstreams.default]\nurl = "ftp://x"\n', "upstreams.default.url: 'ftp://x'", id="bad-url"),
         pytest.param('[[models]]\nname = "a"\nupstream = "nowhere"\n', "models[0].upstream: 'nowhere'", id="alias"),
         pytest.param('[[models]]\nname = "a"\n[[models]]\nname = "a"\n', "models[1].name: duplicate", id="dup"),
-        pytest.param("[server]\nport = 'eighty'\n", "server.port: Expected `int`", id="wrong-type"),
+        pytest.param("[server]\nport = 'eighty'\n", "server.port: Expected `int`, got `str` (got 'eighty')", id="type"),
+        pytest.param(
+            '[upstreams.eu]\nurl = "http://a"\nmax_connections = 0\n', "upstreams.eu.max_connections", id="name"
+        ),
+        pytest.param('[upstreams.default]\nurl = "http://127.0.0.1:99999"\n', "invalid port", id="bad-port"),
+        pytest.param(
+            '[[models]]\nname = "a"\nmax_tokens = 10\ndefaults = { max_tokens = 50 }\n[legacy_chat]\nmodel = "a"\n',
+            "models[0].defaults.max_tokens: 50 is above the max_tokens cap 10",
+            id="default-over-cap",
+        ),
         pytest.param("[server]\nprot = 8000\n", "unknown field `prot`", id="misspelt-key"),
         pytest.param("[server]\nport = 70000\n", "server.port", id="out-of-range"),
         pytest.param('[legacy_chat]\nmodel = "nope"\n', "legacy_chat.model: 'nope'", id="legacy-model"),
@@ -76,8 +86,25 @@ def test_an_upstream_named_with_a_dash_is_found_from_its_environment_name(tmp_pa
     ],
 )
 def test_a_bad_config_fails_with_a_message_naming_the_key(tmp_path: Path, toml: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(_write(tmp_path, toml))
+
+
+def test_an_api_key_of_digits_from_the_environment_stays_a_string() -> None:
+    config = load_config(None, {"CAPIBARA__UPSTREAMS__DEFAULT__API_KEY": "123456"})
+    assert config.upstreams["default"].api_key == "123456"
+
+
+def test_the_upstream_url_shortcut_refuses_to_guess_between_several_upstreams(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[upstreams.a]\nurl = "http://127.0.0.1:1"\n[upstreams.b]\nurl = "http://127.0.0.1:2"\n'
+                  '[[models]]\nname = "x"\nupstream = "a"\n[legacy_chat]\nmodel = "x"\n')  # fmt: skip
+    with pytest.raises(ConfigError, match="CAPIBARA_UPSTREAM_URL: there are several upstreams"):
+        load_config(path, {"CAPIBARA_UPSTREAM_URL": "http://10.0.0.1:8082"})
+
+
+def test_an_error_caused_by_the_environment_says_so() -> None:
+    with pytest.raises(ConfigError, match=r"CAPIBARA_\* environment: server.port"):
+        load_config(None, {"CAPIBARA_PORT": "eighty"})
 
 
 def test_check_config_exits_non_zero_naming_the_bad_key(tmp_path: Path) -> None:

@@ -36,3 +36,16 @@ def test_a_configured_system_prompt_leads_unless_the_client_sends_its_own() -> N
 def test_a_body_without_a_usable_message_is_a_400(body: bytes) -> None:
     with pytest.raises(InvalidRequest):
         to_chat_completion(body, LegacyChatConfig())
+
+
+def test_a_bad_history_turn_is_named_by_the_index_the_client_sent_it_at() -> None:
+    body = b'{"system": "s", "messages": [{"role": "user", "content": "a"}, {"role": "boss", "content": "b"}]}'
+    with pytest.raises(InvalidRequest) as caught:
+        to_chat_completion(body, LegacyChatConfig())
+    assert caught.value.param == "messages[1].role"
+
+
+def test_a_body_that_is_not_an_object_is_a_400_without_a_param() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        to_chat_completion(b"[1]", LegacyChatConfig())
+    assert caught.value.param is None

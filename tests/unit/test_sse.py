@@ -53,3 +53,16 @@ def test_an_upstream_failure_mid_event_drops_the_half_event_and_ends_with_an_err
 
 def test_a_last_event_without_terminator_is_still_delivered() -> None:
     assert b"".join(_relayed([b"data: [DONE]"])) == b"data: [DONE]"
+
+
+@pytest.mark.parametrize("terminator", [b"\n\n", b"\r\n\r\n", b"\r\r"])
+def test_renaming_keeps_every_framing_byte(terminator: bytes) -> None:
+    events = [b'data: {"model":"aya","x":1}' + terminator, b"data: [DONE]" + terminator]
+
+    async def collect(pieces: list[bytes]) -> bytes:
+        response = httpx.Response(200, stream=Pieces(pieces))
+        return b"".join([chunk async for chunk in relay(response, "default", rename_to="capibara6")])
+
+    expected = b"".join(events).replace(b'"aya"', b'"capibara6"')
+    assert asyncio.run(collect(events)) == expected  # one event per read
+    assert asyncio.run(collect([b"".join(events)])) == expected  # both in one read
