@@ -194,7 +194,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     source = str(path) if path is not None else "built-in defaults"
     if _apply_environment(raw, environ or {}):
-        source += " + CAPIBARA_* environment"
+        source += " + CAPIBARA_* environment / command-line options"
     try:
         # Upstreams one by one first: msgspec names a dict entry `[...]`, and the name is what an operator needs.
         for name, table in raw.get("upstreams", {}).items():

@@ -103,7 +103,7 @@ def test_the_upstream_url_shortcut_refuses_to_guess_between_several_upstreams(tm
 
 
 def test_an_error_caused_by_the_environment_says_so() -> None:
-    with pytest.raises(ConfigError, match=r"CAPIBARA_\* environment: server.port"):
+    with pytest.raises(ConfigError, match=r"CAPIBARA_\* environment / command-line options: server.port"):
         load_config(None, {"CAPIBARA_PORT": "eighty"})
 
 
