@@ -8,6 +8,7 @@ envelope. Once a stream has started, a failure can only be reported inside it, a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import aclosing
@@ -113,6 +114,12 @@ async def _relay_chat(gateway: Gateway, exchange: Exchange, body: bytes) -> None
                     await exchange.start(opened.status_code, [*forward.passthrough_headers(opened), *sse.HEADERS])
                     async for chunk in events:
                         await exchange.write(chunk)
+            except asyncio.CancelledError:
+                # The server is stopping and its grace period is over: end the stream with an error event, not
+                # a cut. (If the client left instead, uvicorn drops these writes, and the cancel is theirs.)
+                await exchange.write(sse.SHUTDOWN_EVENT)
+                await exchange.finish()
+                raise
             finally:
                 await opened.aclose()
     if isinstance(opened, forward.Reply):  # refused before streaming: an ordinary error answer

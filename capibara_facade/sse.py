@@ -19,7 +19,7 @@ from .errors import envelope
 from .forward import body_stream
 from .wire import rename_model
 
-__all__ = ["HEADERS", "error_event", "relay"]
+__all__ = ["HEADERS", "SHUTDOWN_EVENT", "error_event", "relay"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ _TERMINATORS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 def error_event(message: str, type: str = "upstream_error", code: str | None = "upstream_error") -> bytes:
     """A mid-stream failure in OpenAI's error shape; the openai SDK raises it as `APIError`."""
     return b"data: " + envelope(message, type, None, code) + b"\n\n"
+
+
+SHUTDOWN_EVENT = error_event("The server is shutting down; retry the request.", "server_error", "server_shutdown")
 
 
 async def relay(

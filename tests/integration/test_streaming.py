@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 import uuid
@@ -141,3 +142,19 @@ def test_a_stream_keeps_flowing_across_long_gaps_within_the_stream_read_timeout(
         # 9 chunks 0.4 s apart: longer in total than the 1.5 s stream read timeout, never silent that long.
         _, relayed = _stream_bytes(facade.url, {"model": "qwen_coder", "messages": HELLO, "stream": True})
     assert relayed.endswith(b"data: [DONE]\n\n")
+
+
+def test_a_stream_outliving_the_shutdown_grace_period_ends_with_an_error_event(tmp_path: Path) -> None:
+    with support.running(support.demo_upstream(tmp_path, "--chunk-delay", "0.5")) as slow:
+        grace = {"CAPIBARA__SERVER__SHUTDOWN_GRACE_SECONDS": "1"}
+        facade = support.facade(tmp_path, facade_config(slow.url), env=grace)
+        with support.running(facade):
+            body = {"model": "qwen_coder", "messages": HELLO, "stream": True}
+            with httpx.stream("POST", facade.url + "/v1/chat/completions", json=body, timeout=20) as response:
+                lines = response.iter_lines()
+                assert next(line for line in lines if line.startswith("data:"))
+                facade.signal(signal.SIGTERM)  # 9 chunks 0.5 s apart: more than the 1 s grace period
+                rest = [line for line in lines if line.startswith("data:")]
+    error = json.loads(rest[-1][5:])["error"]
+    assert error["code"] == "server_shutdown"
+    assert "data: [DONE]" not in rest
