@@ -168,6 +168,17 @@ async def _connect(spec: dict[str, Any], delays: array | None) -> StreamConnecti
     return protocol
 
 
+def _failure(conn: StreamConnection, expected_events: int | None) -> str | None:
+    """Why a finished stream does not count as complete, or None when it does."""
+    if conn.status != 200:
+        return f"status_{conn.status}"
+    if not conn.saw_done:
+        return "no_done"
+    if expected_events is not None and conn.events != expected_events:
+        return "wrong_event_count"
+    return None
+
+
 async def run_sequential(spec: dict[str, Any]) -> dict[str, Any]:
     request = build_request(spec)
     total_streams = int(spec["streams"])
@@ -199,12 +210,9 @@ async def run_sequential(spec: dict[str, Any]) -> dict[str, Any]:
                     conn.transport.close()
                 conn = None
                 continue
-            if conn.status != 200:
-                error(f"status_{conn.status}")
-            elif not conn.saw_done:
-                error("no_done")
-            elif expected_events is not None and conn.events != expected_events:
-                error("wrong_event_count")
+            failure = _failure(conn, expected_events)
+            if failure:
+                error(failure)
             else:
                 completed += 1
                 ttfb.append(conn.first_byte_ns - conn.sent_ns)
@@ -268,12 +276,9 @@ async def run_slow(spec: dict[str, Any]) -> dict[str, Any]:
             open_now -= 1
             if conn is not None and conn.transport is not None:
                 conn.transport.close()
-        if conn.status != 200:
-            error(f"status_{conn.status}")
-        elif not conn.saw_done:
-            error("no_done")
-        elif expected_events is not None and conn.events != expected_events:
-            error("wrong_event_count")
+        failure = _failure(conn, expected_events)
+        if failure:
+            error(failure)
         else:
             completed += 1
 

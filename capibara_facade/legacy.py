@@ -16,7 +16,7 @@ import msgspec
 
 from .config import LegacyChatConfig
 from .errors import InvalidRequest
-from .wire import Message, invalid
+from .wire import Message, invalid, invalid_json
 
 __all__ = ["LegacyChatRequest", "to_chat_completion"]
 
@@ -48,10 +48,7 @@ def to_chat_completion(body: bytes, defaults: LegacyChatConfig) -> bytes:
     except msgspec.ValidationError as exc:
         raise invalid(exc) from None
     except msgspec.DecodeError:
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. The body must be a JSON object.",
-            code="invalid_json",
-        ) from None
+        raise invalid_json() from None
     if not legacy.message and not legacy.messages:
         raise InvalidRequest("Missing required parameter: 'message'.", param="message")
     messages: list[Any] = []

@@ -17,7 +17,17 @@ from msgspec import Meta, Raw, Struct
 from .catalog import Route
 from .errors import InvalidRequest
 
-__all__ = ["ChatRequest", "Message", "ModelCard", "ModelList", "invalid", "read_chat", "rename_model", "upstream_body"]
+__all__ = [
+    "ChatRequest",
+    "Message",
+    "ModelCard",
+    "ModelList",
+    "invalid",
+    "invalid_json",
+    "read_chat",
+    "rename_model",
+    "upstream_body",
+]
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 UnitInterval = Annotated[float, Meta(ge=0, le=1)]
@@ -119,10 +129,7 @@ def read_chat(body: bytes) -> ChatRequest:
     except msgspec.ValidationError as exc:
         raise invalid(exc) from None
     except msgspec.DecodeError:
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. The body must be a JSON object.",
-            code="invalid_json",
-        ) from None
+        raise invalid_json() from None
     for index, message in enumerate(chat.messages):
         if message.content is None and message.role != "assistant":
             raise InvalidRequest(
@@ -142,6 +149,12 @@ def read_chat(body: bytes) -> ChatRequest:
                 code="missing_required_parameter",
             )
     return chat
+
+
+def invalid_json() -> InvalidRequest:
+    return InvalidRequest(
+        "We could not parse the JSON body of your request. The body must be a JSON object.", code="invalid_json"
+    )
 
 
 def invalid(exc: msgspec.ValidationError, prefix: str = "") -> InvalidRequest:
