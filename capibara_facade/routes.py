@@ -2,8 +2,10 @@
 
     receive → authenticate → validate → resolve alias → choose upstream → forward (stream or not) → answer
 
-Failures are raised as `FacadeError`s and rendered once, by `app.py`'s exception handler, in OpenAI's
-envelope. Once a stream has started, a failure can only be reported inside it, as an SSE error event.
+Failures are raised as `FacadeError`s, which render themselves in OpenAI's envelope: the chat routes send
+them through their exchange (so that they carry the request id), Litestar's exception handler in `app.py`
+does it for everything else. Once a stream has started, a failure can only be reported inside it, as an
+SSE error event.
 """
 
 from __future__ import annotations
@@ -109,16 +111,19 @@ async def _relay_chat(gateway: Gateway, exchange: Exchange, body: bytes) -> None
     async with exchange.cancel_on_disconnect():
         opened = await forward.open_stream(upstream, upstream_body, exchange.upstream_request_id)
         if isinstance(opened, httpx.Response):
+            started = False
             try:
                 async with aclosing(sse.relay(opened, upstream.name, rename_to)) as events:
                     await exchange.start(opened.status_code, [*forward.passthrough_headers(opened), *sse.HEADERS])
+                    started = True
                     async for chunk in events:
                         await exchange.write(chunk)
             except asyncio.CancelledError:
                 # The server is stopping and its grace period is over: end the stream with an error event, not
                 # a cut. (If the client left instead, uvicorn drops these writes, and the cancel is theirs.)
-                await exchange.write(sse.SHUTDOWN_EVENT)
-                await exchange.finish()
+                if started:
+                    await exchange.write(sse.SHUTDOWN_EVENT)
+                    await exchange.finish()
                 raise
             finally:
                 await opened.aclose()
