@@ -54,6 +54,20 @@ STREAM_DELAY_MS = 5.0
 SLOW_DELAY_MS = 50.0
 
 
+def _sse_outcome(result: dict[str, Any], m: dict[str, Any]) -> dict[str, Any]:
+    """What every SSE phase records of its outcome: errors, and whether every stream reached the stub."""
+    return {
+        "errors": sum(result["errors"].values()),
+        "error_kinds": result["errors"],
+        "sent": result["sent"],
+        "completed": result["completed"],
+        "served": m["served"],
+        "reached_ok": result["completed"] == m["served"] == result["sent"],
+        "client_cpu_s": result["client_cpu_s"],
+        "elapsed_s": result["elapsed_s"],
+    }
+
+
 @dataclass(frozen=True)
 class Plan:
     rounds: int
@@ -233,14 +247,7 @@ class Bench:
             "headers_p50_ms": result["ttfb_us"].get("p50", 0) / 1000,
             "total_p50_ms": result["total_us"].get("p50", 0) / 1000,
             "total_p99_ms": result["total_us"].get("p99", 0) / 1000,
-            "errors": sum(result["errors"].values()),
-            "error_kinds": result["errors"],
-            "sent": result["sent"],
-            "completed": result["completed"],
-            "served": m["served"],
-            "reached_ok": result["completed"] == m["served"] == result["sent"],
-            "client_cpu_s": result["client_cpu_s"],
-            "elapsed_s": result["elapsed_s"],
+            **_sse_outcome(result, m),
         }
         if "cpu_s" in m:
             data["cpu_s"] = m["cpu_s"]
@@ -270,15 +277,8 @@ class Bench:
             "delay_p999_ms": delay.get("p999", 0) / 1000,
             "delay_max_ms": delay.get("max", 0) / 1000,
             "events": delay.get("n", 0),
-            "completed": result["completed"],
-            "errors": sum(result["errors"].values()),
-            "error_kinds": result["errors"],
-            "sent": result["sent"],
-            "served": m["served"],
             "max_open_at_stub": m["stub_after"]["max_open_streams"],
-            "reached_ok": result["completed"] == m["served"] == result["sent"],
-            "client_cpu_s": result["client_cpu_s"],
-            "elapsed_s": result["elapsed_s"],
+            **_sse_outcome(result, m),
         }
         if "cpu_s" in m:
             data["cpu_s"] = m["cpu_s"]
