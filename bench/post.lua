@@ -1,5 +1,5 @@
 -- wrk script for the benchmark: JSON POSTs of one fixed body, and a machine-readable summary.
--- The body comes from the BENCH_BODY environment variable and the path from BENCH_PATH (set by bench/__main__.py).
+-- The body comes from the BENCH_BODY environment variable and the path from BENCH_PATH (set by bench/load.py).
 -- Each thread counts the requests it wrote, so the runner can check them against what the stub upstream served.
 -- The request is formatted once per thread (not per request) so wrk's Lua cost stays negligible.
 

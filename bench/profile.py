@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.facade_config import shipped_toml
 from bench.load import run_sse, run_wrk, stream_body
 from bench.procs import (
     REPO,
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     cores.pin_self_to_load_core()
     workdir = make_workdir()
     stub = start_stub(workdir, cores)
-    facade = start_facade(workdir, cores, stub)
+    facade = start_facade(workdir, cores, shipped_toml(stub.base_url))
     kind = "stream" if args.stream else "json"
     mode = f"slow-{args.slow}" if args.slow else f"{kind}-c{args.concurrency}"
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")

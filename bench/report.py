@@ -1,285 +1,34 @@
-"""The benchmark's table: rows aggregated over the interleaved rounds, targets beside the facade's numbers.
-
-Aggregation: a round's number is one measurement of one target; the table shows the median over rounds. An
-"added" row is the median over rounds of (target - direct) within the same round, so drifts between rounds
-cancel. Errors are summed over rounds.
-"""
+"""How the results are shown and kept: the main table and the variants' pairs as text (stdout) and markdown,
+the line on machine noise, and the result files bench/results/<UTC timestamp>.json and .md."""
 
 from __future__ import annotations
 
-import operator
+import json
 import statistics
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-# Targets of issue 3, for the facade (2-core machine, facade on one core, shipped configuration).
-TARGETS: dict[str, tuple[str, float]] = {
-    "c1_added_p50": ("<=", 0.6),
-    "c32_rps": (">=", 2500),
-    "c32_errors": ("==", 0),
-    "c32_cpu": ("<=", 400),
-    "c128_rps": (">=", 2000),
-    "c128_errors": ("==", 0),
-    "c128_cpu": ("<=", 400),
-    "st_c1_added_ttfb": ("<=", 0.7),
-    "st_added_total": ("<=", 1.0),
-    "cpu_per_chunk": ("<=", 60),
-    "slow_added_p99": ("<=", 5.0),
-    "peak_rss": ("<=", 80),
-    "soak_growth": ("<=", 5),
-    "reached": ("==", 1),
-}
-_OPS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, ">=": operator.ge, "==": operator.eq}
-_SYMBOL = {"<=": "≤", ">=": "≥", "==": "="}
+PAIRS_TITLE = (
+    "facade variants: off = the shipped facade above, on = the variant, measured in the same interleaved rounds; "
+    "on - off and on/off are medians of the per-round values"
+)
 
 
-def _rounds(raw: dict[str, Any], phase: str, target: str) -> list[dict[str, Any]]:
-    rounds: list[dict[str, Any]] = raw["phases"].get(phase, {}).get(target, [])
-    return rounds
+def _number(value: float | None, fmt: str, sign: bool) -> str:
+    if value is None:
+        return "—"
+    text = fmt.format(value)
+    return "+" + text if sign and value >= 0 else text
 
 
-def table_rows(raw: dict[str, Any], targets: list[str], plan: Any) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-
-    def median(phase: str, target: str, key: str | Callable[[dict[str, Any]], float]) -> float | None:
-        values = [key(r) if callable(key) else r.get(key) for r in _rounds(raw, phase, target)]
-        clean = [v for v in values if v is not None]
-        return statistics.median(clean) if clean else None
-
-    def added(phase: str, target: str, key: str) -> float | None:
-        if target == "direct":
-            return None
-        mine = _rounds(raw, phase, target)
-        base = _rounds(raw, phase, "direct")
-        diffs = [m[key] - b[key] for m, b in zip(mine, base, strict=False)]
-        return statistics.median(diffs) if diffs else None
-
-    def summed(phase: str, target: str, key: str) -> float | None:
-        rounds = _rounds(raw, phase, target)
-        return sum(r[key] for r in rounds) if rounds else None
-
-    def row(
-        metric: str,
-        unit: str,
-        values: Callable[[str], float | None],
-        target_key: str | None = None,
-        ratio: bool = False,
-        fmt: str = "{:.2f}",
-        sign: bool = False,
-    ) -> None:
-        vals = {t: values(t) for t in targets}
-        entry: dict[str, Any] = {"metric": metric, "unit": unit, "values": vals, "fmt": fmt, "sign": sign}
-        if target_key:
-            op, bound = TARGETS[target_key]
-            entry["target"] = f"{_SYMBOL[op]} {bound:g}"
-            facade = vals.get("facade")
-            entry["ok"] = None if facade is None else bool(_OPS[op](facade, bound))
-        if ratio and vals.get("facade") is not None and vals.get("direct"):
-            entry["ratio"] = vals["facade"] / vals["direct"]  # type: ignore[operator]
-        rows.append(entry)
-
-    row("c=1 latency p50", "ms", lambda t: median("lat_c1", t, "p50_ms"), ratio=True, fmt="{:.3f}")
-    row("c=1 latency p99", "ms", lambda t: median("lat_c1", t, "p99_ms"), ratio=True, fmt="{:.3f}")
-    row("c=1 added latency p50", "ms", lambda t: added("lat_c1", t, "p50_ms"), "c1_added_p50", fmt="{:.3f}", sign=True)
-    row("c=1 added latency p99", "ms", lambda t: added("lat_c1", t, "p99_ms"), fmt="{:.3f}", sign=True)
-    for conc in (32, 128):
-        phase = f"tp_c{conc}"
-        row(f"c={conc} throughput", "req/s", lambda t, p=phase: median(p, t, "rps"), f"c{conc}_rps", True, "{:,.0f}")
-        row(f"c={conc} latency p99", "ms", lambda t, p=phase: median(p, t, "p99_ms"), ratio=True)
-        row(f"c={conc} errors", "", lambda t, p=phase: summed(p, t, "errors"), f"c{conc}_errors", fmt="{:.0f}")
-        row(
-            f"c={conc} proxy CPU per request",
-            "µs",
-            lambda t, p=phase: median(p, t, "cpu_per_req_us"),
-            f"c{conc}_cpu",
-            fmt="{:.0f}",
-        )
-        row(
-            "  of which in the kernel (stime)",
-            "%",
-            lambda t, p=phase: _pct(median(p, t, "cpu_sys_share")),
-            fmt="{:.0f}",
-        )
-    row(
-        "stream c=1 TTFB p50 (first event)", "ms", lambda t: median("st_c1", t, "ttfb_p50_ms"), ratio=True, fmt="{:.3f}"
-    )
-    row(
-        "stream c=1 added TTFB p50",
-        "ms",
-        lambda t: added("st_c1", t, "ttfb_p50_ms"),
-        "st_c1_added_ttfb",
-        fmt="{:.3f}",
-        sign=True,
-    )
-    row("stream c=1 added TTFB p99", "ms", lambda t: added("st_c1", t, "ttfb_p99_ms"), fmt="{:.3f}", sign=True)
-    row(
-        "  same, busy core (chunks back to back): TTFB p50",
-        "ms",
-        lambda t: median("st_c1_busy", t, "ttfb_p50_ms"),
-        ratio=True,
-        fmt="{:.3f}",
-    )
-    row(
-        "  same, busy core: added TTFB p50",
-        "ms",
-        lambda t: added("st_c1_busy", t, "ttfb_p50_ms"),
-        fmt="{:.3f}",
-        sign=True,
-    )
-    row(
-        "stream c=32 TTFB p50 (first event)",
-        "ms",
-        lambda t: median("st_c32", t, "ttfb_p50_ms"),
-        ratio=True,
-        fmt="{:.3f}",
-    )
-    row("stream c=32 added TTFB p50", "ms", lambda t: added("st_c32", t, "ttfb_p50_ms"), fmt="{:.3f}", sign=True)
-    row("stream 20 chunks x 5 ms: total p50 (c=1)", "ms", lambda t: median("st_c1", t, "total_p50_ms"), fmt="{:.2f}")
-    row(
-        "stream 20 chunks x 5 ms: added total p50",
-        "ms",
-        lambda t: added("st_c1", t, "total_p50_ms"),
-        "st_added_total",
-        fmt="{:.3f}",
-        sign=True,
-    )
-    row(
-        "streams/s at c=32 (20 chunks back to back)",
-        "/s",
-        lambda t: median("st_rate", t, "streams_per_s"),
-        ratio=True,
-        fmt="{:,.0f}",
-    )
-    row(
-        "streams/s at c=32 (20 chunks x 5 ms)",
-        "/s",
-        lambda t: median("st_c32", t, "streams_per_s"),
-        ratio=True,
-        fmt="{:,.0f}",
-    )
-    row(
-        "proxy CPU per stream (20 chunks x 5 ms, c=32)",
-        "µs",
-        lambda t: median("st_c32", t, "cpu_per_stream_us"),
-        fmt="{:.0f}",
-    )
-
-    def per_chunk(t: str) -> float | None:
-        # The cost of a stream beyond a plain request's, per forwarded chunk (same round, same c=32).
-        streams = _rounds(raw, "st_c32", t)
-        requests = _rounds(raw, "tp_c32", t)
-        values = [
-            (s["cpu_per_stream_us"] - r["cpu_per_req_us"]) / s["chunks"]
-            for s, r in zip(streams, requests, strict=False)
-            if "cpu_per_stream_us" in s and "cpu_per_req_us" in r
-        ]
-        return statistics.median(values) if values else None
-
-    row("proxy CPU per forwarded chunk (marginal)", "µs", per_chunk, "cpu_per_chunk", fmt="{:.1f}")
-    row(
-        "  of which in the kernel (stime)",
-        "%",
-        lambda t: _pct(median("st_c32", t, "cpu_sys_share")),
-        fmt="{:.0f}",
-    )
-    slow_n = plan.slow_streams
-    row(
-        f"{slow_n:,} slow streams (50 ms): event delay p50",
-        "ms",
-        lambda t: median("slow", t, "delay_p50_ms"),
-        fmt="{:.2f}",
-    )
-    row(
-        f"{slow_n:,} slow streams (50 ms): event delay p99",
-        "ms",
-        lambda t: median("slow", t, "delay_p99_ms"),
-        fmt="{:.2f}",
-    )
-    row(
-        f"{slow_n:,} slow streams: added event delay p99",
-        "ms",
-        lambda t: added("slow", t, "delay_p99_ms"),
-        "slow_added_p99",
-        fmt="{:.2f}",
-        sign=True,
-    )
-    row(f"{slow_n:,} slow streams: completed", "", lambda t: median("slow", t, "completed"), fmt="{:.0f}")
-    row(
-        f"{slow_n:,} slow streams: open at once (stub)",
-        "",
-        lambda t: median("slow", t, "max_open_at_stub"),
-        fmt="{:.0f}",
-    )
-    row(
-        f"{slow_n:,} slow streams: proxy CPU per event",
-        "µs",
-        lambda t: median("slow", t, "cpu_per_event_us"),
-        fmt="{:.0f}",
-    )
-
-    def peak_in(phase: str, t: str) -> float | None:
-        values = [r["peak_rss_mib"] for r in _rounds(raw, phase, t) if "peak_rss_mib" in r]
-        return max(values) if values else None
-
-    row(
-        f"  of which in the kernel (stime), {slow_n:,} streams",
-        "%",
-        lambda t: _pct(median("slow", t, "cpu_sys_share")),
-        fmt="{:.0f}",
-    )
-    idle = raw.get("idle_rss_kib", {})
-    row("RSS after start-up, idle", "MiB", lambda t: idle[t] / 1024 if t in idle else None, fmt="{:.1f}")
-    row("RSS peak during c=128 JSON load", "MiB", lambda t: peak_in("tp_c128", t), fmt="{:.1f}")
-    row(f"RSS peak with {slow_n:,} streams open", "MiB", lambda t: peak_in("slow", t), fmt="{:.1f}")
-    peak = raw.get("peak_rss_kib", {})
-    row(
-        "peak RSS under load (all phases)",
-        "MiB",
-        lambda t: peak[t] / 1024 if t in peak else None,
-        "peak_rss",
-        fmt="{:.1f}",
-    )
-    soak = raw.get("soak") or {}
-    soak_label = f"RSS growth over soak ({soak.get('requests_after_baseline', 0):,} req)"
-    row(
-        soak_label,
-        "MiB",
-        lambda t: soak.get("growth_mib") if t == soak.get("target") else None,
-        "soak_growth",
-        fmt="{:.1f}",
-        sign=True,
-    )
-
-    def reached(t: str) -> float | None:
-        phases = [r for phase in raw["phases"].values() for r in phase.get(t, [])]
-        if t == soak.get("target"):
-            phases.append(soak)
-        return float(all(r["reached_ok"] for r in phases)) if phases else None
-
-    row("every request reached the upstream (stub counts)", "", reached, "reached", fmt="{:.0f}")
-    checks = raw.get("checks", {})
-    row(
-        "non-stream body byte-identical to direct",
-        "",
-        lambda t: float(checks[t]["body_identical_to_direct"]) if t in checks else None,
-        fmt="{:.0f}",
-    )
-    return rows
-
-
-def _pct(share: float | None) -> float | None:
-    return None if share is None else share * 100
+def _yes_no(value: float | None) -> str:
+    return "—" if value is None else ("yes" if value else "NO")
 
 
 def _cell(entry: dict[str, Any], value: float | None) -> str:
-    if value is None:
-        return "—"
     if entry["fmt"] == "{:.0f}" and entry["unit"] == "" and entry["metric"].startswith(("every", "non-stream")):
-        return "yes" if value else "NO"
-    text = entry["fmt"].format(value)
-    if entry.get("sign") and value >= 0:
-        text = "+" + text
-    return text
+        return _yes_no(value)
+    return _number(value, entry["fmt"], entry.get("sign", False))
 
 
 def _cells(rows: list[dict[str, Any]], targets: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -300,8 +49,26 @@ def _cells(rows: list[dict[str, Any]], targets: list[str]) -> tuple[list[str], l
     return header, body
 
 
-def render_table(rows: list[dict[str, Any]], targets: list[str], title: str, skipped: dict[str, str]) -> str:
-    header, body = _cells(rows, targets)
+def _pair_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    header = ["metric", "unit", "off", "on", "on - off", "on/off"]
+    body = []
+    for entry in rows:
+        if entry.get("yes_no"):
+            values = [_yes_no(entry["off"]), _yes_no(entry["on"]), "", ""]
+        else:
+            fmt, sign = entry["fmt"], entry["sign"]
+            ratio = entry["ratio"]
+            values = [
+                _number(entry["off"], fmt, sign),
+                _number(entry["on"], fmt, sign),
+                _number(entry["diff"], fmt, True),
+                "—" if ratio is None else f"{ratio:.2f}x",
+            ]
+        body.append([entry["metric"], entry["unit"], *values])
+    return header, body
+
+
+def _text(title: str, header: list[str], body: list[list[str]], notes: list[str]) -> str:
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     right = set(range(2, len(header)))
 
@@ -312,8 +79,40 @@ def render_table(rows: list[dict[str, Any]], targets: list[str], title: str, ski
 
     out = [title, fmt(header), "  ".join("-" * w for w in widths)]
     out += [fmt(line) for line in body]
-    out += [f"({name} skipped: {why})" for name, why in skipped.items()]
+    out += [f"({note})" for note in notes]
     return "\n".join(out)
+
+
+def _markdown(title: str, header: list[str], body: list[list[str]], notes: list[str]) -> str:
+    out = [
+        f"**{title}**",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|",
+    ]
+    out += ["| " + " | ".join(line) + " |" for line in body]
+    out += ["", *(f"_{note}_" for note in notes)]
+    return "\n".join(out) + "\n"
+
+
+def _skipped(skipped: dict[str, str]) -> list[str]:
+    return [f"{name} skipped: {why}" for name, why in skipped.items()]
+
+
+def render_table(rows: list[dict[str, Any]], targets: list[str], title: str, skipped: dict[str, str]) -> str:
+    return _text(title, *_cells(rows, targets), _skipped(skipped))
+
+
+def render_markdown(rows: list[dict[str, Any]], targets: list[str], title: str, skipped: dict[str, str]) -> str:
+    return _markdown(title, *_cells(rows, targets), _skipped(skipped))
+
+
+def render_pairs(rows: list[dict[str, Any]], skipped: str, markdown: bool = False) -> str:
+    """The variants' table, or why they did not run."""
+    if not rows:
+        note = f"facade variants skipped: {skipped}"
+        return f"_{note}_\n" if markdown else f"({note})"
+    return (_markdown if markdown else _text)(PAIRS_TITLE, *_pair_cells(rows), [])
 
 
 def noise_note(raw: dict[str, Any]) -> str:
@@ -339,14 +138,10 @@ def noise_note(raw: dict[str, Any]) -> str:
     return text
 
 
-def render_markdown(rows: list[dict[str, Any]], targets: list[str], title: str, skipped: dict[str, str]) -> str:
-    header, body = _cells(rows, targets)
-    out = [
-        f"**{title}**",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|",
-    ]
-    out += ["| " + " | ".join(line) + " |" for line in body]
-    out += ["", *(f"_{name} skipped: {why}_" for name, why in skipped.items())]
-    return "\n".join(out) + "\n"
+def save(out: Path, stamp: str, result: dict[str, Any], markdown: str) -> Path:
+    """Write <out>/<stamp>.json (everything) and .md (the tables); returns the JSON's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"{stamp}.json"
+    json_path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    (out / f"{stamp}.md").write_text(markdown)
+    return json_path

@@ -55,7 +55,7 @@ def percentiles(values: Any, points: tuple[float, ...] = (50, 90, 99, 99.9)) -> 
 class StreamConnection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection that reads SSE responses event by event."""
 
-    def __init__(self, delays: array | None) -> None:
+    def __init__(self, delays: array[int] | None) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.delays = delays  # slow mode: per-event delay (ns) is appended here
@@ -162,7 +162,7 @@ def build_request(spec: dict[str, Any]) -> bytes:
     return head.encode() + body
 
 
-async def _connect(spec: dict[str, Any], delays: array | None) -> StreamConnection:
+async def _connect(spec: dict[str, Any], delays: array[int] | None) -> StreamConnection:
     loop = asyncio.get_running_loop()
     _, protocol = await loop.create_connection(lambda: StreamConnection(delays), spec["host"], spec["port"])
     return protocol
@@ -186,9 +186,9 @@ async def run_sequential(spec: dict[str, Any]) -> dict[str, Any]:
     timeout = float(spec.get("timeout_s", 30))
     expected_events = int(spec["body"].get("bench_chunks", 0)) or None
     started = 0
-    ttfb: array = array("q")
-    first_event: array = array("q")
-    total: array = array("q")
+    ttfb: array[int] = array("q")
+    first_event: array[int] = array("q")
+    total: array[int] = array("q")
     errors: dict[str, int] = {}
     completed = 0
 
@@ -249,7 +249,7 @@ async def run_slow(spec: dict[str, Any]) -> dict[str, Any]:
     ramp = float(spec.get("ramp_s", 1.0))
     timeout = float(spec.get("timeout_s", 60))
     expected_events = int(spec["body"].get("bench_chunks", 0)) or None
-    delays: array = array("q")
+    delays: array[int] = array("q")
     errors: dict[str, int] = {}
     completed = 0
     open_now = 0

@@ -1,0 +1,54 @@
+"""Facade variants: the facade in another configuration, measured beside the shipped one in the same rounds.
+
+A variant is a name, a label for its rows, a function from the benchmark's base config (the dict of
+`bench.facade_config.shipped_config`) to the variant's, and the pair rows it reports (keys of
+`bench.pairs.PAIR_METRICS`). The runner starts one more facade per selected variant and measures it only in the
+phases those rows need, interleaved with direct, the shipped facade and nginx; the report shows each row as
+"<label> off vs on", off being the shipped facade of the same rounds. Register one by adding it to VARIANTS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bench.facade_config import FacadeConfig, merged
+
+# What a feature on the request path should report at least: CPU per request at c=32, latency added at c=1
+# and CPU per forwarded chunk (together they need three phases: c=1 and c=32 JSON, c=32 streams 5 ms apart).
+REQUEST_PATH_ROWS = ("c32_cpu", "c1_added_p50", "cpu_per_chunk")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # for --variants, and the facade's target name "facade+<name>" in the JSON
+    label: str  # rows read "<label> off vs on: <metric>"
+    configure: Callable[[FacadeConfig], FacadeConfig]
+    rows: tuple[str, ...] = REQUEST_PATH_ROWS
+
+    @property
+    def target(self) -> str:
+        return f"facade+{self.name}"
+
+
+VARIANTS: tuple[Variant, ...] = (
+    # At the shipped log level ("warning") uvicorn builds each access-log record's arguments and drops it, so
+    # an access log that is written needs "info" too; at info httpx also logs every upstream request.
+    Variant(
+        name="access_log",
+        label="access log (info)",
+        configure=lambda config: merged(config, {"server": {"access_log": True, "log_level": "info"}}),
+    ),
+)
+
+
+def select(names: str | None) -> list[Variant]:
+    """The variants named in a comma-separated list: None means all registered, "none" (or "") none."""
+    if names is None:
+        return list(VARIANTS)
+    wanted = [name.strip() for name in names.split(",") if name.strip() and name.strip() != "none"]
+    known = {variant.name: variant for variant in VARIANTS}
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown)}; registered: {', '.join(known) or 'none'}")
+    return [known[name] for name in dict.fromkeys(wanted)]
