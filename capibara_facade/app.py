@@ -69,12 +69,14 @@ def _render_http(request: Request[Any, Any, Any], exc: HTTPException) -> Respons
     """Litestar's own HTTP errors (unknown path, wrong method, bad path parameter) as the facade's."""
     if exc.status_code >= 500:
         return _render_unexpected(request, exc)
-    error = _FRAMEWORK_ERRORS.get(exc.status_code, InvalidRequest)(exc.detail)
+    if exc.status_code == 404:  # in OpenAI's words, which name what was asked for
+        error: FacadeError = RouteNotFound(f"Invalid URL ({request.method} {request.url.path})")
+    else:
+        error = _FRAMEWORK_ERRORS.get(exc.status_code, InvalidRequest)(exc.detail)
     return Response(error.body(), status_code=exc.status_code, media_type="application/json", headers=exc.headers)
 
 
 _FRAMEWORK_ERRORS: dict[int, type[FacadeError]] = {
-    404: RouteNotFound,
     405: MethodNotAllowed,
     413: PayloadTooLarge,
 }

@@ -27,7 +27,7 @@ class Route(msgspec.Struct, frozen=True):
     # Fields (already JSON-encoded) to add when the client leaves them out.
     defaults: dict[str, msgspec.Raw] = {}
     max_tokens: int | None = None
-    stream_usage: bool = False
+    stream_usage: bool = True
     owned_by: str = "capibara-facade"
     compat: CompatConfig = CompatConfig()
 

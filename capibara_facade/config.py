@@ -74,6 +74,24 @@ class ServerConfig(Base, frozen=True):
     # Idle client connections stay open this long; keep it above the proxy's own upstream keep-alive (nginx: 60 s)
     # so the proxy never reuses a connection the facade is closing.
     keepalive_timeout_seconds: PositiveInt = 75
+    # --- Limits for a server that faces the internet with nothing in front (a container, a Kubernetes
+    # Service); nginx's matching settings are in README "Server limits". Enforced in `server_limits.py`.
+    # Request line (method + URL + version) longer than this: 414.
+    max_url_bytes: PositiveInt = 8192
+    # Request head (request line + every header) larger than this: 431.
+    max_header_bytes: PositiveInt = 65536
+    # A request head must be complete this long after its first byte arrived: otherwise 408 and close.
+    header_timeout_seconds: PositiveFloat = 10.0
+    # Longest silence while a request body is arriving, and the slowest average rate a body may arrive at
+    # (measured once the body has taken longer than body_timeout_seconds): otherwise 408 and close.
+    body_timeout_seconds: PositiveFloat = 10.0
+    body_min_bytes_per_second: Annotated[int, msgspec.Meta(ge=0)] = 1024
+    # Client connections open at once; a new one above the cap is closed at once (logged once per burst).
+    max_connections: PositiveInt = 2048
+    # JSON nesting deeper than this in a request body: 400 (a chat request needs well under 20).
+    max_json_depth: PositiveInt = 64
+    # An upstream SSE event larger than this ends the stream with an error event (memory stays bounded).
+    max_sse_event_bytes: PositiveInt = 1024 * 1024
     # uvicorn's access log costs ~20% CPU per request; off unless asked for.
     access_log: bool = False
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "warning"
@@ -127,9 +145,10 @@ class ModelConfig(Base, frozen=True):
     defaults: dict[str, Any] = {}
     # Ceiling for max_tokens / max_completion_tokens; also applied when the client sends neither.
     max_tokens: PositiveInt | None = None
-    # Ask the upstream for the final usage chunk on every stream whose client did not set stream_options.
-    # LangChain's ChatOpenAI asks for usage only when it talks to api.openai.com; this gives it usage here.
-    stream_usage: bool = False
+    # Ask the upstream for the final usage chunk on every stream (`stream_options.include_usage`), so the
+    # facade knows what each stream cost. The client gets that chunk only when it asked for it, as from
+    # OpenAI. Turn off only for a server that refuses `stream_options`.
+    stream_usage: bool = True
     owned_by: str | None = None
 
     @property
@@ -305,6 +324,10 @@ def _validate(config: Config) -> None:
             parts.port  # noqa: B018 - raises ValueError for a port out of range
         except ValueError:
             raise ConfigError(f"upstreams.{name}.url: {upstream.url!r} has an invalid port") from None
+        if parts.username is not None or parts.password is not None:  # the URL itself is not shown: it has a secret
+            raise ConfigError(
+                f"upstreams.{name}.url: must not carry credentials (user:password@); use upstreams.{name}.api_key"
+            )
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"upstreams.{name}.url: {upstream.url!r} is not an http(s) URL")
         if upstream.url.endswith("/"):

@@ -113,16 +113,14 @@ class DemoUpstream:
         disconnected = asyncio.Event()
         watcher = asyncio.create_task(_watch_disconnect(receive, disconnected))
         try:
-            record.outcome = await self._answer(request, body, faults, send, disconnected)
+            record.outcome = await self._answer(request, faults, send, disconnected)
         except DroppedConnection:
             record.outcome = "dropped"
             raise
         finally:
             watcher.cancel()
 
-    async def _answer(
-        self, request: DemoRequest, body: bytes, faults: Faults, send: Send, disconnected: asyncio.Event
-    ) -> str:
+    async def _answer(self, request: DemoRequest, faults: Faults, send: Send, disconnected: asyncio.Event) -> str:
         if await _sleep_unless(disconnected, faults.delay):
             return "client_disconnected"
         if faults.status != 200:
@@ -136,7 +134,7 @@ class DemoUpstream:
             error = _error(f"The model '{request.model}' does not exist", "invalid_request_error", "model_not_found")
             await _json(send, 404, error)
             return "completed"
-        answer = _Answer(request, body)
+        answer = _Answer(request)
         if not request.stream:
             await _raw(send, 200, b"application/json", _encode(answer.completion()))
             return "completed"
@@ -154,9 +152,10 @@ class DemoUpstream:
 class _Answer:
     """The deterministic reply to one request, whole or as SSE frames."""
 
-    def __init__(self, request: DemoRequest, body: bytes) -> None:
+    def __init__(self, request: DemoRequest) -> None:
         self.request = request
-        self.id = "chatcmpl-demo-" + hashlib.sha256(body).hexdigest()[:16]
+        # From what was asked, not the body's bytes: a gateway that adds stream options gets the same id.
+        self.id = "chatcmpl-demo-" + hashlib.sha256(_encode([request.model, request.messages])).hexdigest()[:16]
         last_user: dict[str, Any] = next((m for m in reversed(request.messages) if m.get("role") == "user"), {})
         self.prompt = _content_text(last_user.get("content"))
         words = f"Hola! You said: {self.prompt}".split()

@@ -10,7 +10,8 @@ its exception class from it (400 BadRequestError, 401 AuthenticationError, 404 N
     ├── AuthenticationFailed     401 authentication_error    code = invalid_api_key
     ├── ModelNotFound            404 invalid_request_error   code = model_not_found
     ├── RouteNotFound            404 invalid_request_error   code = not_found
-    ├── MethodNotAllowed         405 invalid_request_error   code = method_not_allowed
+    ├── OriginNotAllowed         403 invalid_request_error   code = origin_not_allowed
+    ├── MethodNotAllowed         405 invalid_request_error   code = method_not_allowed (+ Allow)
     ├── PayloadTooLarge          413 invalid_request_error   code = request_too_large
     └── UpstreamError            502 upstream_error          code = upstream_unreachable
         ├── UpstreamUnavailable  503                         code = no_upstream_available
@@ -32,6 +33,7 @@ __all__ = [
     "InvalidRequest",
     "MethodNotAllowed",
     "ModelNotFound",
+    "OriginNotAllowed",
     "PayloadTooLarge",
     "RouteNotFound",
     "UpstreamError",
@@ -119,6 +121,19 @@ class MethodNotAllowed(FacadeError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: str | None = None) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allow} if self.allow else {}
+
+
+class OriginNotAllowed(FacadeError):
+    status = 403
+    type = "invalid_request_error"
+    code = "origin_not_allowed"
 
 
 class PayloadTooLarge(FacadeError):

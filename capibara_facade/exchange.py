@@ -39,13 +39,25 @@ class ClientDisconnected(Exception):
 
 
 class Exchange:
-    __slots__ = ("authorization", "content_length", "receive", "request_id", "scope", "send", "upstream_request_id")
+    __slots__ = (
+        "authorization",
+        "content_length",
+        "origin",
+        "receive",
+        "request_id",
+        "scope",
+        "send",
+        "started",
+        "upstream_request_id",
+    )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
         self.receive = receive
         self.send = send
+        self.started = False  # the response has begun: a failure can no longer change its status
         self.authorization: bytes | None = None
+        self.origin: bytes | None = None
         self.content_length: int | None = None
         request_id: bytes | None = None
         for name, value in scope["headers"]:
@@ -55,6 +67,8 @@ class Exchange:
                 self.content_length = int(value)
             elif name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
                 request_id = value
+            elif name == b"origin":
+                self.origin = value
         # Returned to the client and sent upstream, so one id follows a request through every log. Upstreams
         # get it in UUID form: llama.cpp's server answers an empty 400 to any other X-Request-ID. A client's
         # own non-UUID id is mapped to a stable UUID (uuid5), so the two logs can still be joined.
@@ -67,7 +81,7 @@ class Exchange:
     def require_method(self, method: str) -> None:
         used = self.scope.get("method")
         if used != method:
-            raise MethodNotAllowed(f"Method {used} is not allowed here; use {method}.")
+            raise MethodNotAllowed(f"Method {used} is not allowed here; use {method}.", allow=method)
 
     async def read_body(self, limit: int) -> bytes:
         """The whole request body; 413 as soon as it is known to exceed `limit` bytes."""
@@ -97,6 +111,7 @@ class Exchange:
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         headers = [*headers, (b"x-request-id", self.request_id.encode())]
+        self.started = True
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def write(self, data: bytes) -> None:

@@ -17,6 +17,7 @@ is a 502, one that is too slow a 504.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,12 +31,15 @@ __all__ = ["Reply", "body_stream", "open_stream", "passthrough_headers", "send"]
 
 log = logging.getLogger(__name__)
 
-# Upstream response headers the client does not get: those that describe one hop (the facade's server sets
-# its own), and the request id, which the client gets in its own form (the upstream saw the UUID form).
-_NOT_FORWARDED = frozenset(
-    (b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"te", b"trailer", b"upgrade",
-     b"proxy-authenticate", b"proxy-connection", b"server", b"date", b"x-request-id")
-)  # fmt: skip
+# Upstream response headers the client gets: an allow-list, never a deny-list, since whatever else a model
+# server sets (CORS headers that would override the facade's policy, cookies, `X-Powered-By`, hop-by-hop
+# headers) is either the facade's business or nobody's. The request id is the facade's own.
+_FORWARDED = frozenset((b"content-type", b"content-encoding", b"retry-after", b"retry-after-ms", b"x-should-retry"))
+_FORWARDED_PREFIXES = (b"x-ratelimit-", b"openai-")
+# What ASGI servers refuse in a header value (uvicorn aborts the response): such an upstream answer is a 502.
+_UNSAFE_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# On an upstream 429 or 503 the client is told when to come back, whatever else is replaced.
+_RETRY_HEADERS = frozenset((b"retry-after", b"retry-after-ms"))
 _JSON = [(b"content-type", b"application/json")]
 # Upstream statuses whose JSON body is meant for the client (401/403 would blame the client's key for the
 # facade's upstream key).
@@ -87,7 +91,15 @@ async def _read(response: httpx.Response) -> bytes:
 
 
 def passthrough_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
-    return [(name, value) for name, value in response.headers.raw if name.lower() not in _NOT_FORWARDED]
+    """The upstream's headers the client may see (see `_FORWARDED`); 502 when one cannot be sent on."""
+    forwarded = []
+    for name, value in response.headers.raw:
+        name = name.lower()
+        if name in _FORWARDED or name.startswith(_FORWARDED_PREFIXES):
+            if _UNSAFE_VALUE.search(value):
+                raise UpstreamError("The upstream sent a malformed response header.", code="upstream_bad_response")
+            forwarded.append((name, value))
+    return forwarded
 
 
 @contextmanager
@@ -112,14 +124,27 @@ def _request(upstream: Upstream, body: bytes, request_id: str, timeout: httpx.Ti
 
 def _reply(upstream: Upstream, response: httpx.Response, content: bytes) -> Reply:
     status = response.status_code
+    if not 200 <= status <= 599:  # 1xx here, or a status line ASGI servers cannot send (999)
+        log.warning("upstream %s answered with status %s", upstream.name, status)
+        raise UpstreamError(
+            f"The upstream {upstream.name!r} sent an invalid HTTP status.", code="upstream_bad_response"
+        )
     if response.is_success or (status in _CLIENT_ERRORS and _is_json(content)):
         return Reply(status, passthrough_headers(response), content)
-    # Anything else is the upstream's own trouble: never show its text (it can carry file paths and stack
-    # traces), log it. 5xx keeps its status; a refused facade key (401/403), a redirect or a non-JSON 4xx
-    # is a 502: the client can do nothing about any of them.
-    log.warning("upstream %s answered %s: %.500r", upstream.name, status, content)
+    # Anything else is the upstream's own trouble: never show its text (it can carry file paths, stack traces
+    # and whatever secret the upstream echoes), nor log it; its status and size are enough to look further.
+    # 5xx keeps its status, and so does a rate limit (429), both with the upstream's Retry-After; a refused
+    # facade key (401/403), a redirect or another non-JSON 4xx is a 502: the client can do nothing about them.
+    log.warning("upstream %s answered %s (%d bytes, not shown)", upstream.name, status, len(content))
+    if status != 429 and status < 500:
+        message = f"The upstream {upstream.name!r} failed with HTTP {status}."
+        return Reply(502, _JSON, envelope(message, "upstream_error", code="upstream_error"))
+    retry = [(name, value) for name, value in passthrough_headers(response) if name in _RETRY_HEADERS]
+    if status == 429:
+        message = f"The upstream {upstream.name!r} is rate limiting requests; retry later."
+        return Reply(429, [*_JSON, *retry], envelope(message, "rate_limit_error", code="rate_limit_exceeded"))
     message = f"The upstream {upstream.name!r} failed with HTTP {status}."
-    return Reply(status if status >= 500 else 502, _JSON, envelope(message, "upstream_error", code="upstream_error"))
+    return Reply(status, [*_JSON, *retry], envelope(message, "upstream_error", code="upstream_error"))
 
 
 def _is_json(content: bytes) -> bool:

@@ -10,7 +10,7 @@ import hmac
 
 from .catalog import Catalog
 from .config import Config
-from .errors import AuthenticationFailed
+from .errors import AuthenticationFailed, OriginNotAllowed
 from .upstreams import Pool
 
 __all__ = ["Gateway"]
@@ -22,6 +22,16 @@ class Gateway:
         self.catalog = Catalog(config)
         self.pool = Pool(config)
         self._api_keys = tuple(key.encode() for key in config.auth.api_keys)
+        origins = config.cors.allow_origins
+        self._origins = None if "*" in origins else frozenset(origin.encode() for origin in origins)
+
+    def admit_origin(self, origin: bytes | None) -> None:
+        """Refuse a browser request from a site the CORS policy does not list, before any work is done.
+
+        CORS alone only keeps such a site from reading the answer: a "simple" cross-site POST (text/plain,
+        no preflight) would still run a generation. Clients other than browsers send no Origin."""
+        if origin is not None and self._origins is not None and origin not in self._origins:
+            raise OriginNotAllowed(f"Requests from the origin {origin.decode('latin-1')!r} are not allowed.")
 
     def authenticate(self, authorization: bytes | None) -> None:
         """Accept the request when no keys are configured, or when it carries one of them as a Bearer token."""

@@ -14,16 +14,17 @@ import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import aclosing
+from typing import Any
 
 import httpx
 import msgspec
-from litestar import Response, get
+from litestar import Request, Response, get
 from litestar.handlers import BaseRouteHandler, asgi
 from litestar.types import Receive, Scope, Send
 
 from . import forward, legacy, sse, wire
 from .catalog import Route
-from .errors import FacadeError
+from .errors import FacadeError, envelope
 from .exchange import ClientDisconnected, Exchange
 from .gateway import Gateway
 
@@ -42,11 +43,13 @@ def build_routes(gateway: Gateway) -> list[BaseRouteHandler]:
     models_body = _encode(wire.ModelList([card(route) for route in gateway.catalog.routes()]))
 
     @get("/v1/models", sync_to_thread=False)
-    def list_models() -> Response[bytes]:
+    def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
+        gateway.authenticate(_authorization(request))
         return Response(models_body, media_type=_JSON)
 
     @get("/v1/models/{model_id:str}", sync_to_thread=False)
-    def retrieve_model(model_id: str) -> Response[bytes]:
+    def retrieve_model(request: Request[Any, Any, Any], model_id: str) -> Response[bytes]:
+        gateway.authenticate(_authorization(request))
         return Response(_encode(card(gateway.catalog.get(model_id))), media_type=_JSON)
 
     @get("/health")
@@ -74,6 +77,11 @@ def build_routes(gateway: Gateway) -> list[BaseRouteHandler]:
     ]
 
 
+def _authorization(request: Request[Any, Any, Any]) -> bytes | None:
+    value = request.headers.get("authorization")
+    return value.encode("latin-1") if value is not None else None
+
+
 def _chat_route(path: str, gateway: Gateway, to_chat_request: Callable[[bytes], bytes]) -> BaseRouteHandler:
     """A POST route that turns its body into a chat-completion request and relays it."""
     body_limit = gateway.config.server.max_body_bytes
@@ -83,6 +91,7 @@ def _chat_route(path: str, gateway: Gateway, to_chat_request: Callable[[bytes], 
         exchange = Exchange(scope, receive, send)
         try:
             exchange.require_method("POST")
+            gateway.admit_origin(exchange.origin)
             gateway.authenticate(exchange.authorization)  # before the body: strangers get no buffer
             body = await exchange.read_body(body_limit)
             await _relay_chat(gateway, exchange, to_chat_request(body))
@@ -90,16 +99,27 @@ def _chat_route(path: str, gateway: Gateway, to_chat_request: Callable[[bytes], 
             await exchange.respond(error.status, error.response_headers(), error.body())
         except ClientDisconnected:
             log.debug("client left before the answer was complete (request %s)", exchange.request_id)
+        except Exception:  # a bug: logged with the request id, answered in OpenAI's shape if nothing was sent yet
+            log.exception("unexpected error on %s (request %s)", path, exchange.request_id)
+            if not exchange.started:
+                await exchange.respond(500, *_INTERNAL_ERROR)
 
     return relay_route
 
 
+_INTERNAL_ERROR = (
+    [(b"content-type", b"application/json")],
+    envelope("The server failed to handle the request.", "server_error", None, "internal_error"),
+)
+
+
 async def _relay_chat(gateway: Gateway, exchange: Exchange, body: bytes) -> None:
-    chat = wire.read_chat(body)
+    chat = wire.read_chat(body)  # TODO(lead): max_json_depth once wire has it
     route = gateway.catalog.resolve(chat.model)
     upstream = gateway.pool.pick(route.upstream)
     upstream_body = wire.upstream_body(body, chat, route)
     rename_to = route.public_name if route.rename_response else None
+    hide_usage_chunk = wire.hides_usage(chat, route)
 
     if not chat.stream:
         async with exchange.cancel_on_disconnect():
@@ -111,17 +131,22 @@ async def _relay_chat(gateway: Gateway, exchange: Exchange, body: bytes) -> None
     async with exchange.cancel_on_disconnect():
         opened = await forward.open_stream(upstream, upstream_body, exchange.upstream_request_id)
         if isinstance(opened, httpx.Response):
-            started = False
+            events = sse.relay(
+                opened,
+                upstream.name,
+                rename_to=rename_to,
+                hide_usage_chunk=hide_usage_chunk,
+                max_event_bytes=gateway.config.server.max_sse_event_bytes,
+            )
             try:
-                async with aclosing(sse.relay(opened, upstream.name, rename_to)) as events:
+                async with aclosing(events):
                     await exchange.start(opened.status_code, [*forward.passthrough_headers(opened), *sse.HEADERS])
-                    started = True
                     async for chunk in events:
                         await exchange.write(chunk)
             except asyncio.CancelledError:
                 # The server is stopping and its grace period is over: end the stream with an error event, not
                 # a cut. (If the client left instead, uvicorn drops these writes, and the cancel is theirs.)
-                if started:
+                if exchange.started:
                     await exchange.write(sse.SHUTDOWN_EVENT)
                     await exchange.finish()
                 raise

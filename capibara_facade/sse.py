@@ -2,18 +2,29 @@
 
 Each read from the upstream is forwarded at once. The only bytes ever held back are the tail of an
 event the upstream has not finished writing: a client cannot use half an event, and if the upstream dies
-right there, the client must get a well-formed error event, not one glued onto half a JSON object.
+right there, the client must get a well-formed error event, not one glued onto half a JSON object. That
+tail is bounded (`max_event_bytes`): an upstream that never ends its event ends the stream with an error
+event instead of growing the facade's memory, and the search for event ends only ever looks at new bytes,
+so the relay's cost is linear in what it forwards.
+
 Frames are otherwise never split, merged, re-ordered or re-serialised: role-only deltas, tool-call
-fragments, `: ping` comments and the final usage chunk reach the client exactly as the upstream wrote
-them. The one opt-in exception is a route that renames `model` in responses (`response_model = "alias"`).
+fragments and `: ping` comments reach the client exactly as the upstream wrote them. Three documented
+exceptions, each touching only the events concerned (tested byte for byte in tests/unit/test_sse.py):
+
+- the usage-only chunk (`"choices": []` with `usage`) is dropped when the facade asked the upstream for
+  it and the client did not (OpenAI sends it only to clients that set `stream_options.include_usage`);
+- an error event from the upstream is replaced by the facade's own (model servers put file paths there);
+- a route with `response_model = "alias"` renames `model` in each chunk.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncGenerator
 
 import httpx
+import msgspec
 
 from .errors import envelope
 from .forward import body_stream
@@ -26,6 +37,9 @@ log = logging.getLogger(__name__)
 # Fit for SSE behind proxies: no caching, and nginx must not buffer (X-Accel-Buffering).
 HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 _TERMINATORS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+_LONGEST_TERMINATOR = 4
+_EVENTS = re.compile(rb".*?(?:\r\n\r\n|\n\n|\r\r)", re.DOTALL)
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 def error_event(message: str, type: str = "upstream_error", code: str | None = "upstream_error") -> bytes:
@@ -36,35 +50,145 @@ def error_event(message: str, type: str = "upstream_error", code: str | None = "
 SHUTDOWN_EVENT = error_event("The server is shutting down; retry the request.", "server_error", "server_shutdown")
 
 
+class _ChunkView(msgspec.Struct):
+    """What the relay reads of a `data:` payload, only when a cheap substring test says it may matter
+    (an absent field stays an empty `Raw`; a JSON null is `Raw(b"null")`)."""
+
+    choices: list[msgspec.Raw] | None = None
+    usage: msgspec.Raw = msgspec.Raw()
+    error: msgspec.Raw = msgspec.Raw()
+
+
+_NULL = msgspec.Raw(b"null")
+
+
+class _ErrorView(msgspec.Struct):
+    type: object = None
+    code: object = None
+
+
+_chunk_decoder = msgspec.json.Decoder(_ChunkView)
+_error_decoder = msgspec.json.Decoder(_ErrorView)
+
+
 async def relay(
-    response: httpx.Response, upstream_name: str, rename_to: str | None = None
+    response: httpx.Response,
+    upstream_name: str,
+    *,
+    rename_to: str | None = None,
+    hide_usage_chunk: bool = False,
+    max_event_bytes: int = 1024 * 1024,
 ) -> AsyncGenerator[bytes, None]:
-    """The upstream's stream as complete events, as they arrive; an error event if the upstream breaks off."""
-    pending = b""
+    """The upstream's stream as complete events, as they arrive; an error event if the upstream breaks off.
+
+    `hide_usage_chunk`: the facade asked for usage and the client did not, so the usage-only chunk is dropped.
+    """
+    events = _Events(upstream_name, rename_to, hide_usage_chunk)
+    pending = bytearray()
     try:
         async for chunk in body_stream(response):
-            data = pending + chunk if pending else chunk
-            end = _complete_events_end(data)
-            pending = data[end:]
-            if end:
-                yield _renamed(data[:end], rename_to) if rename_to else data[:end]
+            if pending:
+                searched_from = max(0, len(pending) - _LONGEST_TERMINATOR + 1)  # a terminator may straddle reads
+                pending += chunk
+                end = _complete_events_end(pending, searched_from)
+                complete = bytes(pending[:end])
+                del pending[:end]
+            else:  # the common case: nothing held back, and the read ends with its event
+                end = _complete_events_end(chunk, 0)
+                complete = chunk[:end]  # the very same object when the whole read is complete events
+                if end < len(chunk):
+                    pending += chunk[end:]
+            if complete and (out := events.filtered(complete)):
+                yield out
+            if len(pending) > max_event_bytes:
+                log.warning("upstream %s sent an event over %d bytes; stream ended", upstream_name, max_event_bytes)
+                yield error_event(f"The upstream {upstream_name!r} sent an event larger than the facade accepts.")
+                return
     except httpx.HTTPError as exc:
         log.warning("upstream %s broke off mid-stream: %s: %s", upstream_name, type(exc).__name__, exc)
         kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "broke off"
         yield error_event(f"The upstream {upstream_name!r} {kind} in the middle of the stream.")
         return
-    if pending:  # the upstream ended without terminating its last event: pass the bytes on as they are
-        yield _renamed(pending, rename_to) if rename_to else pending
+    # The upstream ended without terminating its last event: pass the bytes on as they are.
+    if pending and (out := events.filtered(bytes(pending))):
+        yield out
 
 
-def _complete_events_end(data: bytes) -> int:
-    """Length of the longest prefix of `data` that ends with an event terminator (0 when there is none)."""
+def _complete_events_end(data: bytes | bytearray, searched_from: int) -> int:
+    """Length of the longest prefix of `data` that ends with an event terminator (0 when there is none);
+    terminators are looked for from `searched_from` on, so bytes already searched are not searched again."""
     end = 0
     for terminator in _TERMINATORS:
-        found = data.rfind(terminator)
+        found = data.rfind(terminator, searched_from)
         if found >= 0:
             end = max(end, found + len(terminator))
     return end
+
+
+class _Events:
+    """The per-event changes of one stream; events that need none are passed on as the very same bytes."""
+
+    __slots__ = ("hide_usage_chunk", "rename_to", "upstream_name")
+
+    def __init__(self, upstream_name: str, rename_to: str | None, hide_usage_chunk: bool) -> None:
+        self.upstream_name = upstream_name
+        self.rename_to = rename_to
+        self.hide_usage_chunk = hide_usage_chunk
+
+    def filtered(self, events: bytes) -> bytes:
+        """`events` (whole events, or the unterminated tail at the end) with the documented changes applied."""
+        # Substring tests first: in the common case they say no event needs to be looked at.
+        if not (
+            self.rename_to
+            or b'"error"' in events
+            or (self.hide_usage_chunk and b'"usage"' in events and b'"choices"' in events)
+        ):
+            return events
+        parts = _EVENTS.findall(events)
+        tail = events[sum(map(len, parts)) :]
+        if tail:
+            parts.append(tail)
+        return b"".join([self._event(part) for part in parts])
+
+    def _event(self, event: bytes) -> bytes:
+        if b'"error"' in event or (self.hide_usage_chunk and b'"usage"' in event):
+            data = b"\n".join([_data_value(line) for line in event.splitlines() if line.startswith(b"data:")])
+            try:
+                view = _chunk_decoder.decode(data)
+            except (msgspec.DecodeError, RecursionError):
+                view = None
+            if view is not None and view.error and view.error != _NULL:
+                return self._sanitised(view.error, len(event))
+            if view is not None and self.hide_usage_chunk and view.usage and view.usage != _NULL and view.choices == []:
+                return b""
+        return _renamed(event, self.rename_to) if self.rename_to else event
+
+    def _sanitised(self, error: msgspec.Raw, size: int) -> bytes:
+        """The upstream's error event replaced by the facade's: its message can carry paths and tracebacks."""
+        try:
+            view = _error_decoder.decode(error)
+            kind, code = _identifier(view.type), _identifier(view.code)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            kind = code = "?"
+        log.warning(
+            "upstream %s sent an error event mid-stream (type %s, code %s, %d bytes); replaced",
+            self.upstream_name,
+            kind,
+            code,
+            size,
+        )
+        return error_event(f"The upstream {self.upstream_name!r} reported an error in the middle of the stream.")
+
+
+def _data_value(line: bytes) -> bytes:
+    """The value of an SSE `data:` line (one optional space after the colon is not part of it)."""
+    return line[6:] if line.startswith(b"data: ") else line[5:]
+
+
+def _identifier(value: object) -> str:
+    """A short identifier from the upstream, fit for a log line; anything else (text, secrets) as '?'."""
+    text = str(value) if isinstance(value, str | int) else ""
+    return text if _IDENTIFIER.fullmatch(text) else "?"
 
 
 def _renamed(events: bytes, public_name: str) -> bytes:

@@ -14,9 +14,14 @@ they arrive (`iter_any`) rather than in fixed-size chunks. aiohttp sets TCP_NODE
 
 from __future__ import annotations
 
+import weakref
+from contextvars import ContextVar
+from typing import Any
+
 import aiohttp
 import httpx
 import yarl
+from aiohttp.client_proto import ResponseHandler
 
 __all__ = ["AiohttpTransport"]
 
@@ -27,10 +32,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._keepalive_expiry = keepalive_expiry
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[httpx.URL, yarl.URL] = {}  # parsed once: an upstream has a handful of endpoints
+        # The connection the current request got, as the connector saw it (one per task: requests interleave).
+        self._connection: ContextVar[_Connection | None] = ContextVar("upstream_connection", default=None)
 
     def _open_session(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running event loop that will own its connections.
-        connector = aiohttp.TCPConnector(
+        connector = _Connector(
+            self._connection,
             limit=self._max_connections,
             limit_per_host=0,
             keepalive_timeout=self._keepalive_expiry,
@@ -65,18 +73,23 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 timeout=client_timeout,
             )
 
+        connection = _Connection()
+        token = self._connection.set(connection)
         try:
             try:
                 response = await attempt()
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                if isinstance(exc, aiohttp.ClientConnectorError):
+                if not (connection.reused and _never_answered(exc)):
                     raise
-                # Almost always a pooled connection the upstream closed while idle just as we wrote to it, so
-                # the upstream never saw the request. aiohttp retries that only for idempotent methods; a chat
-                # completion has no side effect, so it is sent once more, on a fresh connection.
+                # A pooled connection the upstream closed while idle, just as we wrote to it: the upstream never
+                # saw the request, so it is sent once more. Anything else (a fresh connection closed, a partial
+                # answer) may have reached the model server: sending it again could run the generation twice,
+                # so it is a 502.
                 response = await attempt()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _mapped(exc, connecting=True) from exc
+        finally:
+            self._connection.reset(token)
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
@@ -88,6 +101,39 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class _Connection:
+    """Whether a request's connection came from the idle pool (it had served an earlier answer)."""
+
+    __slots__ = ("reused",)
+
+    def __init__(self) -> None:
+        self.reused = False
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's pool, telling each request whether its connection is a reused one (see `_Connection`)."""
+
+    def __init__(self, connection: ContextVar[_Connection | None], **options: Any) -> None:
+        super().__init__(**options)
+        self._current = connection
+        self._served: weakref.WeakSet[ResponseHandler] = weakref.WeakSet()  # returned to the pool at least once
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> aiohttp.connector.Connection:  # noqa: ASYNC109
+        connection = await super().connect(req, traces, timeout)
+        if (current := self._current.get()) is not None:
+            current.reused = connection.protocol in self._served
+        return connection
+
+    def _release(self, key: Any, protocol: ResponseHandler, *, should_close: bool = False) -> None:
+        self._served.add(protocol)
+        super()._release(key, protocol, should_close=should_close)
+
+
+def _never_answered(exc: aiohttp.ClientError) -> bool:
+    """The connection failed before a byte of the answer arrived (aiohttp names a partial answer)."""
+    return isinstance(exc, aiohttp.ClientOSError) or isinstance(getattr(exc, "message", None), str)
 
 
 class _ResponseStream(httpx.AsyncByteStream):

@@ -22,6 +22,7 @@ __all__ = [
     "Message",
     "ModelCard",
     "ModelList",
+    "hides_usage",
     "invalid",
     "invalid_json",
     "read_chat",
@@ -118,7 +119,7 @@ _fields_decoder = msgspec.json.Decoder(dict[str, Raw])
 _encode = msgspec.json.Encoder().encode
 _turns_decoder = msgspec.json.Decoder(list[dict[str, Raw]])
 _number_decoder = msgspec.json.Decoder(float)
-_INCLUDE_USAGE = Raw(b'{"include_usage":true}')
+_TRUE = Raw(b"true")
 _NULL = Raw(b"null")
 
 
@@ -171,10 +172,17 @@ def invalid(exc: msgspec.ValidationError, prefix: str = "") -> InvalidRequest:
     return InvalidRequest(f"Invalid value for '{param}': {message}.", param=param, code="invalid_value")
 
 
+def hides_usage(chat: ChatRequest, route: Route) -> bool:
+    """Whether the facade asks the upstream for a stream's usage chunk that the client did not ask for (and so
+    must keep from the client: OpenAI sends it only to clients that set `stream_options.include_usage`)."""
+    asked = chat.stream_options is not None and chat.stream_options.include_usage is True
+    return bool(route.stream_usage and chat.stream and not asked)
+
+
 def upstream_body(body: bytes, chat: ChatRequest, route: Route) -> bytes:
     """The body to send upstream: the client's own bytes, or with only the fields a route demands changed:
     `model`, declared defaults and caps, streamed usage, and the upstream's compatibility fixes."""
-    add_usage = route.stream_usage and chat.stream and chat.stream_options is None
+    add_usage = hides_usage(chat, route)
     compat = route.compat
     mirror_max_tokens = (
         compat.max_tokens_from_max_completion_tokens
@@ -202,8 +210,11 @@ def upstream_body(body: bytes, chat: ChatRequest, route: Route) -> bytes:
             fields["max_tokens"] = cap
     if mirror_max_tokens:
         fields["max_tokens"] = fields["max_completion_tokens"]  # after the cap, so the ceiling holds for both
-    if add_usage:
-        fields["stream_options"] = _INCLUDE_USAGE
+    if add_usage:  # the client's other stream options are kept
+        options = fields.get("stream_options", _NULL)
+        merged = {} if options == _NULL else _fields_decoder.decode(options)
+        merged["include_usage"] = _TRUE
+        fields["stream_options"] = Raw(_encode(merged))
     if fill_content:
         fields["messages"] = _with_empty_tool_call_content(fields["messages"])
     return _encode(fields)

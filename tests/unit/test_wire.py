@@ -10,7 +10,7 @@ import pytest
 from capibara_facade.catalog import Route
 from capibara_facade.config import CompatConfig
 from capibara_facade.errors import InvalidRequest
-from capibara_facade.wire import read_chat, rename_model, upstream_body
+from capibara_facade.wire import hides_usage, read_chat, rename_model, upstream_body
 
 BODY = (
     b'{"model": "capibara6", "messages": [{"role": "user", "content": "caf\\u00e9"}],'
@@ -19,8 +19,10 @@ BODY = (
 
 
 def test_a_route_without_changes_sends_the_clients_own_bytes() -> None:
-    route = Route("phi4_fast", "default", "phi4_fast")
+    route = Route("phi4_fast", "default", "phi4_fast", stream_usage=False)
     assert upstream_body(BODY, read_chat(BODY), route) is BODY
+    asks_usage = BODY[:-1] + b', "stream_options": {"include_usage": true}}'
+    assert upstream_body(asks_usage, read_chat(asks_usage), Route("phi4_fast", "default", "phi4_fast")) is asks_usage
 
 
 def test_an_alias_changes_model_and_keeps_every_other_value_byte_for_byte() -> None:
@@ -101,16 +103,23 @@ def test_rename_model_touches_only_the_model_field() -> None:
     assert rename_model(b"[DONE]", "capibara6") == b"[DONE]"
 
 
-def test_stream_usage_asks_for_usage_on_streams_that_did_not_say() -> None:
+def test_stream_usage_asks_for_usage_on_every_stream_and_hides_it_from_clients_that_did_not_ask() -> None:
     route = Route("m", "default", "m", stream_usage=True)
     streaming = b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": true}'
     assert json.loads(upstream_body(streaming, read_chat(streaming), route))["stream_options"] == {
         "include_usage": True
     }
-    declined = streaming[:-1] + b', "stream_options": {"include_usage": false}}'
-    assert upstream_body(declined, read_chat(declined), route) is declined
+    assert hides_usage(read_chat(streaming), route)
+    declined = streaming[:-1] + b', "stream_options": {"include_usage": false, "include_obfuscation": false}}'
+    sent = json.loads(upstream_body(declined, read_chat(declined), route))
+    assert sent["stream_options"] == {"include_usage": True, "include_obfuscation": False}
+    assert hides_usage(read_chat(declined), route)
+    asked = streaming[:-1] + b', "stream_options": {"include_usage": true}}'
+    assert upstream_body(asked, read_chat(asked), route) is asked
+    assert not hides_usage(read_chat(asked), route)
     whole = b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}'
     assert upstream_body(whole, read_chat(whole), route) is whole
+    assert not hides_usage(read_chat(whole), route)
 
 
 def test_compat_mirrors_max_completion_tokens_into_max_tokens_for_upstreams_that_ignore_it() -> None:
