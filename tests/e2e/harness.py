@@ -36,6 +36,19 @@ WEATHER_TOOL: dict[str, Any] = {
     },
 }
 
+# A tool loop's second request: the assistant's tool call sent back beside its result.
+TOOL_TURN: list[dict[str, Any]] = [
+    {"role": "user", "content": "weather in paris?"},
+    {
+        "role": "assistant",
+        "content": None,  # what the openai SDK's users and LangChain send beside tool_calls
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "paris"}'}}
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+]
+
 
 class LlamaServer:
     """llama.cpp's OpenAI-compatible server (llama-cpp-python) and its log, for evidence of what it did."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
-from tests.e2e.harness import API_KEY, MODELS_EUROPE, WEATHER_TOOL, Facade
+from tests.e2e.harness import API_KEY, MODELS_EUROPE, WEATHER_TOOL, Facade, LlamaServer
 
 pytestmark = pytest.mark.e2e
 
@@ -59,15 +61,25 @@ def test_the_capibara6_alias_reaches_aya_and_answers_exactly_as_aya_does(sdk: op
     assert via_alias.choices[0].message.content == direct.choices[0].message.content
 
 
-def test_the_same_seed_gives_the_same_answer_and_another_seed_another(sdk: openai.OpenAI) -> None:
-    def answer(**extra: Any) -> str | None:
-        completion = sdk.chat.completions.create(model="phi4_fast", messages=HELLO, max_tokens=20, **extra)
-        return completion.choices[0].message.content
+def test_a_seed_gives_the_answer_llama_cpp_itself_gives_for_it_and_another_seed_another(
+    sdk: openai.OpenAI, direct: httpx.Client
+) -> None:
+    """Sampled, so the seed decides the answer: it must reach the upstream as sent. (A greedy answer would prove
+    nothing here: it ignores the seed, whatever the facade did with it.)"""
+    ask: dict[str, Any] = {"model": "phi4_fast", "messages": HELLO, "max_tokens": 20, "temperature": 1.0}
 
-    assert answer(temperature=0, seed=1) == answer(temperature=0, seed=1)
-    sampled = answer(temperature=1.0, seed=1)
-    assert sampled == answer(temperature=1.0, seed=1)
-    assert sampled != answer(temperature=1.0, seed=2)
+    def via_facade(seed: int) -> str | None:
+        return sdk.chat.completions.create(**ask, seed=seed).choices[0].message.content
+
+    def from_llama_cpp(seed: int) -> str | None:
+        reply = direct.post("/v1/chat/completions", json={**ask, "seed": seed})
+        assert reply.status_code == 200, reply.text
+        content: str | None = reply.json()["choices"][0]["message"]["content"]
+        return content
+
+    assert from_llama_cpp(1) != from_llama_cpp(2)  # the seed decides, so the checks below can fail
+    assert via_facade(1) == from_llama_cpp(1) == via_facade(1)
+    assert via_facade(2) == from_llama_cpp(2)
 
 
 def test_a_stop_sequence_cuts_the_answer_just_before_it(sdk: openai.OpenAI) -> None:
@@ -239,16 +251,43 @@ def test_the_async_client_lists_models_completes_streams_calls_tools_and_raises(
     asyncio.run(scenario())
 
 
-def test_async_requests_in_parallel_are_all_answered(facade: Facade) -> None:
-    async def scenario() -> list[str | None]:
-        async with async_client(facade) as client:
-            asks = [
-                client.chat.completions.create(
-                    model="phi4_fast", messages=[{"role": "user", "content": f"count {n}"}], max_tokens=5, temperature=0
-                )
-                for n in range(4)
-            ]
-            return [completion.choices[0].message.content for completion in await asyncio.gather(*asks)]
+def test_parallel_streams_are_all_open_at_llama_cpp_at_once_and_each_gets_its_whole_answer(
+    facade: Facade, llama: LlamaServer
+) -> None:
+    """llama.cpp generates one answer at a time, but sends a stream's response head at once, before it waits for
+    the model; its log has a line for each head sent (uvicorn's access log) and the timings of each generation
+    that ends. Every head logged before the first generation ended: all the streams were open upstream at
+    once, which a facade serving one request at a time could not do. No clock is read."""
+    long_tokens, short_tokens = 1500, 5
 
+    async def answer(stream: openai.AsyncStream[Any]) -> tuple[int, str | None]:
+        pieces, finish = 0, None
+        async for chunk in stream:
+            if chunk.choices:
+                pieces += bool(chunk.choices[0].delta.content)
+                finish = chunk.choices[0].finish_reason or finish
+        return pieces, finish
+
+    async def scenario() -> list[tuple[int, str | None]]:
+        async with async_client(facade) as client:
+
+            def ask(text: str, max_tokens: int) -> Any:
+                messages: Any = [{"role": "user", "content": text}]
+                return client.chat.completions.create(
+                    model="phi4_fast", messages=messages, max_tokens=max_tokens, stream=True
+                )
+
+            first = await ask("tell me a long story", long_tokens)
+            await anext(first)  # its role-only first chunk: llama.cpp is generating the long answer now
+            others = await asyncio.gather(*(ask(f"count {n}", short_tokens) for n in range(3)))  # their heads
+            return [await answer(stream) for stream in (first, *others)]
+
+    log_start = llama.log_size()
     answers = asyncio.run(scenario())
-    assert len(answers) == 4 and all(answers)
+    # The first answer's role-only chunk was read above, so each count is of the remaining content chunks.
+    assert answers == [(long_tokens, "length"), *[(short_tokens, "length")] * 3]
+    log = llama.log_since(log_start)
+    first_generation_end = re.search(r"\beval time = ", log)
+    assert first_generation_end, log[-3000:]
+    heads = log[: first_generation_end.start()].count('"POST /v1/chat/completions HTTP/1.1" 200')
+    assert heads == 4, log[-3000:]

@@ -83,6 +83,11 @@ def test_an_upstream_named_with_a_dash_is_found_from_its_environment_name(tmp_pa
         pytest.param("[server]\nport = 70000\n", "server.port", id="out-of-range"),
         pytest.param('[legacy_chat]\nmodel = "nope"\n', "legacy_chat.model: 'nope'", id="legacy-model"),
         pytest.param("[server\n", "invalid TOML", id="not-toml"),
+        pytest.param(
+            'passthrough_unknown_models_to = "nowhere"\n',
+            "passthrough_unknown_models_to: 'nowhere' is not a configured upstream",
+            id="passthrough-to-no-upstream",
+        ),
     ],
 )
 def test_a_bad_config_fails_with_a_message_naming_the_key(tmp_path: Path, toml: str, message: str) -> None:
@@ -107,13 +112,25 @@ def test_an_error_caused_by_the_environment_says_so() -> None:
         load_config(None, {"CAPIBARA_PORT": "eighty"})
 
 
-def test_check_config_exits_non_zero_naming_the_bad_key(tmp_path: Path) -> None:
-    path = _write(tmp_path, '[upstreams.default]\nurl = "not a url"\n')
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        pytest.param('[upstreams.default]\nurl = "not a url"\n', "upstreams.default.url: 'not a url'", id="bad-url"),
+        # Only building the app would notice it otherwise: after check-config has said OK.
+        pytest.param(
+            'passthrough_unknown_models_to = "nowhere"\n',
+            "passthrough_unknown_models_to: 'nowhere'",
+            id="passthrough-to-no-upstream",
+        ),
+    ],
+)
+def test_check_config_exits_non_zero_naming_the_bad_key(tmp_path: Path, toml: str, message: str) -> None:
+    path = _write(tmp_path, toml)
     result = subprocess.run(
         [sys.executable, "-m", "capibara_facade", "check-config", str(path)], capture_output=True, text=True
     )
     assert result.returncode == 2
-    assert "upstreams.default.url: 'not a url'" in result.stderr
+    assert message in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -123,3 +140,10 @@ def test_check_config_accepts_the_example() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
+
+
+def test_an_upstream_url_with_credentials_is_refused_without_showing_them(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[upstreams.default]\nurl = "http://user:hunter2@127.0.0.1:8082"\napi_key = "k"\n')
+    with pytest.raises(ConfigError, match=r"upstreams\.default\.url: .*upstreams\.default\.api_key") as refused:
+        load_config(path)
+    assert "hunter2" not in str(refused.value)
