@@ -1,21 +1,22 @@
 """The few OpenAI shapes the facade reads or writes; every other byte passes through untouched.
 
-`read_chat()` validates a chat-completion request against the fields we (or the upstream) rely on, and
-turns a client's mistake into a 400 that names the field, before it can reach a model server that would
-answer it with a 500. The body itself is never rebuilt from these views: `upstream_body()` re-encodes only
-when a route demands it, and then as `dict[str, msgspec.Raw]`, so every field but the ones we set keeps
-its exact bytes (vendor fields, escapes and number formatting included).
+`read_chat()` validates a chat-completion request against the fields we (or the upstream) rely on, exactly
+as OpenAI's spec types them (nothing the spec allows is refused), and turns a client's mistake into a 400
+that names the field, before it can reach a model server that would answer it with a 500. The body itself
+is never rebuilt from these views: `upstream_body()` re-encodes only when a route demands it, and then as
+`dict[str, msgspec.Raw]`, so every field but the ones we set keeps its exact bytes (vendor fields, escapes
+and number formatting included).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
 import msgspec
-from msgspec import Meta, Raw, Struct
+from msgspec import Raw, Struct
 
 from .catalog import Route
+from .chat_request import AssistantMessage, ChatRequest, Message
 from .errors import InvalidRequest
+from .json_checks import nested_deeper_than, repeated_key
 
 __all__ = [
     "ChatRequest",
@@ -27,79 +28,10 @@ __all__ = [
     "invalid_json",
     "read_chat",
     "rename_model",
+    "require_content",
+    "too_deeply_nested",
     "upstream_body",
 ]
-
-Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
-UnitInterval = Annotated[float, Meta(ge=0, le=1)]
-Penalty = Annotated[float, Meta(ge=-2, le=2)]
-
-
-class _View(Struct, kw_only=True):
-    """A read-only view: unknown fields are skipped, never rejected (they still go upstream)."""
-
-
-class ContentPart(_View):
-    type: str
-
-
-class FunctionName(_View):
-    name: str
-
-
-class ToolCall(_View):
-    function: FunctionName
-    id: str | None = None
-    type: str = "function"
-
-
-class Message(_View):
-    role: Role
-    content: str | list[ContentPart] | None = None
-    tool_calls: list[ToolCall] | None = None
-    tool_call_id: str | None = None
-
-
-class Tool(_View):
-    type: str
-    function: FunctionName | None = None
-
-
-class ToolChoice(_View):
-    type: str
-    function: FunctionName | None = None
-
-
-class ResponseFormat(_View):
-    type: str
-
-
-class StreamOptions(_View):
-    include_usage: bool | None = None
-
-
-class ChatRequest(_View):
-    model: str
-    messages: Annotated[list[Message], Meta(min_length=1)]
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-    max_tokens: Annotated[int, Meta(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
-    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
-    top_p: UnitInterval | None = None
-    n: Annotated[int, Meta(ge=1, le=128)] | None = None
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    logprobs: bool | None = None
-    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
-    logit_bias: dict[str, float] | None = None
-    tools: list[Tool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | ToolChoice | None = None
-    parallel_tool_calls: bool | None = None
-    response_format: ResponseFormat | None = None
-    user: str | None = None
 
 
 class ModelCard(Struct):
@@ -118,38 +50,53 @@ _chat_decoder = msgspec.json.Decoder(ChatRequest)
 _fields_decoder = msgspec.json.Decoder(dict[str, Raw])
 _encode = msgspec.json.Encoder().encode
 _turns_decoder = msgspec.json.Decoder(list[dict[str, Raw]])
-_number_decoder = msgspec.json.Decoder(float)
+_number_decoder = msgspec.json.Decoder(int | float)  # int: a huge integer is no float
 _TRUE = Raw(b"true")
 _NULL = Raw(b"null")
 
 
-def read_chat(body: bytes) -> ChatRequest:
-    """Validate a chat-completion request body; 400 naming the field when it is not one."""
+def read_chat(body: bytes, max_depth: int) -> ChatRequest:
+    """Validate a chat-completion request body: a 400 naming the field for anything the OpenAI spec does not
+    allow, a body nested deeper than `max_depth` (the server's `max_json_depth`) or a top-level key repeated."""
+    if nested_deeper_than(body, max_depth):
+        raise too_deeply_nested(max_depth)
     try:
         chat = _chat_decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise invalid(exc) from None
     except msgspec.DecodeError:
         raise invalid_json() from None
+    except RecursionError:  # a max_depth above msgspec's own limit (about 1,000 levels)
+        raise too_deeply_nested(max_depth) from None
+    repeated = repeated_key(body)
+    if repeated is not None:  # msgspec kept the last value, a model server might read the first
+        raise InvalidRequest(
+            f"The request body has the key '{repeated}' more than once; send each parameter once.",
+            param=repeated,
+            code="duplicate_parameter",
+        )
     for index, message in enumerate(chat.messages):
-        if message.content is None and message.role != "assistant":
-            raise InvalidRequest(
-                f"messages[{index}].content: a {message.role} message needs content.",
-                param=f"messages[{index}].content",
-            )
-        if message.content is None and message.role == "assistant" and not message.tool_calls:
-            raise InvalidRequest(
-                f"messages[{index}].content: an assistant message needs content or tool_calls.",
-                param=f"messages[{index}].content",
-            )
-    for index, tool in enumerate(chat.tools or ()):
-        if tool.type == "function" and tool.function is None:
-            raise InvalidRequest(
-                f"Missing required parameter: 'tools[{index}].function'.",
-                param=f"tools[{index}].function",
-                code="missing_required_parameter",
-            )
+        require_content(message, index)
     return chat
+
+
+def require_content(message: Message, index: int) -> None:
+    """The one rule the spec states only in prose: an assistant message's content is "required unless
+    `tool_calls` or `function_call` is specified" (every other role's content is required by its schema)."""
+    if not isinstance(message, AssistantMessage) or message.content is not None:
+        return
+    if not (message.tool_calls or message.function_call):
+        raise InvalidRequest(
+            f"messages[{index}].content: an assistant message needs content, tool_calls or function_call.",
+            param=f"messages[{index}].content",
+        )
+
+
+def too_deeply_nested(max_depth: int) -> InvalidRequest:
+    return InvalidRequest(
+        f"The JSON body of your request is nested more than {max_depth} levels deep, the most this server accepts.",
+        code="json_too_deep",
+    )
 
 
 def invalid_json() -> InvalidRequest:
@@ -190,7 +137,8 @@ def upstream_body(body: bytes, chat: ChatRequest, route: Route) -> bytes:
         and chat.max_tokens is None
     )
     fill_content = compat.empty_content_for_tool_calls and any(
-        message.content is None and message.tool_calls for message in chat.messages
+        isinstance(message, AssistantMessage) and message.content is None and message.tool_calls
+        for message in chat.messages
     )
     if not (route.rewrites_request or add_usage or mirror_max_tokens or fill_content):
         return body
@@ -233,7 +181,7 @@ def rename_model(document: bytes, public_name: str) -> bytes:
     (not an object, no `model`) is returned as the very same object."""
     try:
         fields = _fields_decoder.decode(document)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return document
     if "model" not in fields:
         return document
