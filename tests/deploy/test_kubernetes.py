@@ -23,6 +23,8 @@ from tests import support
 from tests.deploy.tools import DEPLOY, exec_form, image_env, instructions
 
 K8S = DEPLOY / "k8s"
+# Needs the Prometheus Operator's CRD, so it is not among the manifests kustomization applies.
+SERVICE_MONITOR = K8S / "monitoring" / "servicemonitor.yaml"
 # The oldest Kubernetes release still in common use with autoscaling/v2 and policy/v1, and the newest known.
 KUBERNETES_VERSIONS = ("1.28.0", kubernetes_validate.utils.latest_version())
 LABEL = "app.kubernetes.io/name"
@@ -52,6 +54,16 @@ def configmap_toml(tmp_path: Path) -> Path:
     path = tmp_path / "capibara-facade.toml"
     path.write_text(text)
     return path
+
+
+def pod_annotations() -> dict[str, str]:
+    annotations: dict[str, str] = resource("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    return annotations
+
+
+def service_monitor() -> dict[str, Any]:
+    monitor: dict[str, Any] = yaml.safe_load(SERVICE_MONITOR.read_text())
+    return monitor
 
 
 def pod_environment() -> dict[str, str]:
@@ -132,6 +144,41 @@ def test_a_pod_passes_its_probes_and_leaves_the_service_while_the_upstream_is_do
         time.sleep(0.1)
     assert httpx.get(ready).status_code == 503
     assert httpx.get(facade.url + probes["livenessProbe"]["path"]).status_code == 200
+
+
+def test_pods_are_annotated_for_prometheus_with_the_container_port_and_the_metrics_path(tmp_path: Path) -> None:
+    annotations = pod_annotations()
+    assert annotations["prometheus.io/scrape"] == "true"
+    ports = {port["name"]: port["containerPort"] for port in container()["ports"]}
+    assert int(annotations["prometheus.io/port"]) == ports["http"]
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert load_config(configmap_toml(tmp_path), pod_environment()).metrics.enabled
+
+
+def test_the_service_monitor_scrapes_the_facade_service_by_port_name_and_is_left_out_of_kustomization() -> None:
+    monitor, service = service_monitor(), resource("Service")
+    assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "ServiceMonitor")
+    assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+    assert endpoint["path"] == pod_annotations()["prometheus.io/path"]
+    # Prometheus refuses a scrape timeout longer than the interval.
+    assert float(endpoint["scrapeTimeout"].removesuffix("s")) <= float(endpoint["interval"].removesuffix("s"))
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert not [path for path in kustomization["resources"] if "monitoring" in path]
+
+
+def test_a_pod_serves_prometheus_metrics_where_its_annotations_and_service_monitor_point(
+    facade_from_configmap: tuple[support.ServerProcess, support.ServerProcess],
+) -> None:
+    facade, _ = facade_from_configmap
+    (endpoint,) = service_monitor()["spec"]["endpoints"]
+    for path in {pod_annotations()["prometheus.io/path"], endpoint["path"]}:
+        answer = httpx.get(facade.url + path)
+        assert answer.status_code == 200, path
+        assert answer.headers["content-type"].startswith("text/plain")
+        assert "# TYPE capibara_requests_total counter" in answer.text
 
 
 def test_pods_get_longer_to_stop_than_the_prestop_pause_plus_the_facades_grace(tmp_path: Path) -> None:
