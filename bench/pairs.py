@@ -1,4 +1,5 @@
-"""The facade variants' rows: each variant against the shipped facade ("off") measured in the same rounds.
+"""The facade variants' rows: each variant against the shipped facade measured in the same rounds (the shipped
+facade is "off", or "on" for a variant that turns a shipped feature off).
 
 off and on are medians over rounds; "on - off" and "on/off" are medians of the per-round differences and ratios,
 so drifts between rounds cancel, as in the main table's "added" rows. A variant names the rows it reports by
@@ -72,11 +73,12 @@ def pair_rows(raw: dict[str, Any], variants: list[Variant]) -> list[dict[str, An
     """Each variant's rows against the shipped facade ("off"), then whether it answered everything right."""
     rows: list[dict[str, Any]] = []
     for variant in variants:
+        off_target, on_target = (variant.target, "facade") if variant.turns_off else ("facade", variant.target)
         for key in variant.rows:
             metric = PAIR_METRICS[key]
             pairs = [
                 (off, on)
-                for off, on in zip(metric.per_round(raw, "facade"), metric.per_round(raw, variant.target), strict=False)
+                for off, on in zip(metric.per_round(raw, off_target), metric.per_round(raw, on_target), strict=False)
                 if off is not None and on is not None
             ]
             ratios = [on / off for off, on in pairs if off > 0]
@@ -100,8 +102,8 @@ def pair_rows(raw: dict[str, Any], variants: list[Variant]) -> list[dict[str, An
                 "metric": f"{variant.label} off vs on: 0 errors, all reached the upstream, same body",
                 "unit": "",
                 "yes_no": True,
-                "off": _answered_right(raw, "facade", phases),
-                "on": _answered_right(raw, variant.target, phases),
+                "off": _answered_right(raw, off_target, phases),
+                "on": _answered_right(raw, on_target, phases),
             }
         )
     return rows

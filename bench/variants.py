@@ -25,13 +25,38 @@ class Variant:
     label: str  # rows read "<label> off vs on: <metric>"
     configure: Callable[[FacadeConfig], FacadeConfig]
     rows: tuple[str, ...] = REQUEST_PATH_ROWS
+    # The shipped facade has the feature on and the variant turns it off (the rows still read "off vs on").
+    turns_off: bool = False
 
     @property
     def target(self) -> str:
         return f"facade+{self.name}"
 
 
+def _two_targets(config: FacadeConfig) -> FacadeConfig:
+    """The benchmark's model served by two upstreams (both the stub, under two names), so every request goes
+    through the power-of-two-choices pick between two targets."""
+    stub = dict(config["upstreams"]["default"])
+    targets = [{"upstream": "default"}, {"upstream": "second"}]
+    return merged(
+        config,
+        {
+            "upstreams": {"default": stub, "second": stub},
+            "models": [{"name": "aya_expanse_multilingual", "targets": targets}],
+        },
+    )
+
+
 VARIANTS: tuple[Variant, ...] = (
+    Variant(name="two_targets", label="two targets behind the model (one vs two)", configure=_two_targets),
+    # Shipped on: Prometheus metrics (every request, stream and upstream call updates them) and the JSON
+    # request log (one line written per request).
+    Variant(
+        name="metrics_log",
+        label="metrics and request log",
+        configure=lambda config: merged(config, {"metrics": {"enabled": False}, "request_log": {"enabled": False}}),
+        turns_off=True,
+    ),
     # At the shipped log level ("warning") uvicorn builds each access-log record's arguments and drops it, so
     # an access log that is written needs "info" too; at info httpx also logs every upstream request.
     Variant(

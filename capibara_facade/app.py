@@ -1,14 +1,18 @@
 """`create_app(config)`: the Litestar application, assembled from plain values.
 
-The app owns one `Gateway` (catalog, upstream pool, keys) for its lifetime and closes it at shutdown.
-Every error leaves through `_render`, in OpenAI's envelope; nothing renders a traceback to a client.
+The app owns one `Gateway` for its lifetime and closes it at shutdown; SIGHUP makes it reload its config
+(`load` reads it again). Every error leaves through `_render`, in OpenAI's envelope; nothing renders a
+traceback to a client.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,8 +30,8 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 
 
-def create_app(config: Config) -> Litestar:
-    gateway = Gateway(config)
+def create_app(config: Config, load: Callable[[], Config] | None = None) -> Litestar:
+    gateway = Gateway(config, load)
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -35,9 +39,15 @@ def create_app(config: Config) -> Litestar:
         # walked again by the garbage collector, whose full passes would otherwise stall every open stream
         # for tens of milliseconds under load.
         gc.freeze()
+        gateway.start()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not in the main thread, or no signals
+            loop.add_signal_handler(signal.SIGHUP, gateway.reload)
         try:
             yield
         finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGHUP)
             await gateway.aclose()
 
     cors = CORSConfig(

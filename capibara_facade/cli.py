@@ -1,15 +1,23 @@
-"""Command line: `capibara-facade serve | check-config | demo-upstream | demo` (also `python -m capibara_facade`)."""
+"""Command line: `capibara-facade serve | check-config | demo-upstream | demo | healthcheck`.
+
+Also `python -m capibara_facade`."""
 
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -19,6 +27,10 @@ from uvicorn.supervisors import Multiprocess
 from . import __version__
 from .app import create_app
 from .config import Config, ConfigError, load_config
+from .control import signal_reload
+from .metrics import mark_dead
+from .server_limits import LimitedConfig, ServerLimits, raise_open_files_limit
+from .startup import startup_report
 
 __all__ = ["app_from_environment", "main"]
 
@@ -31,6 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the facade")
     _add_server_options(serve)
     serve.add_argument("--workers", type=int, help="worker processes sharing the port (default: server.workers)")
+    serve.add_argument("--pid-file", help="write the server's pid here, for `capibara-facade reload`")
+
+    reload = commands.add_parser("reload", help="make a running facade read its config again (SIGHUP)")
+    reload.add_argument("--pid-file", help="the pid file `serve --pid-file` wrote")
+    reload.add_argument("--port", type=int, default=8000, help="else: the facade listening on this port")
 
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("config", help="TOML file")
@@ -46,6 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_server_options(demo)
     demo.add_argument("--upstream-port", type=int, default=8082, help="port of the demo upstream (default 8082)")
 
+    healthcheck = commands.add_parser("healthcheck", help="exit 0 if the facade answers healthy, else 1 (probes)")
+    from .healthcheck import add_healthcheck_options, run_healthcheck
+
+    add_healthcheck_options(healthcheck)
+
     args = parser.parse_args(argv)
     try:
         if args.command == "check-config":
@@ -59,10 +81,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "demo":
             return _demo(args)
+        if args.command == "reload":
+            return _reload(args)
+        if args.command == "healthcheck":
+            return run_healthcheck(args, os.environ)  # exit 1, not 2, on a bad config: Docker reserves 2
         return _serve(args)
     except ConfigError as exc:
         print(f"capibara-facade: configuration error: {exc}", file=sys.stderr)
         return 2
+
+
+def _reload(args: argparse.Namespace) -> int:
+    try:
+        pid = signal_reload(args.pid_file, args.port)
+    except (OSError, LookupError, ValueError) as exc:
+        print(f"capibara-facade: cannot signal the facade: {exc}", file=sys.stderr)
+        return 1
+    print(f"capibara-facade: sent SIGHUP to {pid}; its /health shows the reload's result", file=sys.stderr)
+    return 0
 
 
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
@@ -91,17 +127,26 @@ def _serve(args: argparse.Namespace) -> int:
     config = _load(args, os.environ)
     server = config.server
     _configure_logging(config)
+    for line in startup_report(config, os.environ.get("CAPIBARA_CONFIG") or "built-in defaults"):
+        print(line, file=sys.stderr, flush=True)
+    metrics_dir = _shared_metrics_dir(config) if server.workers > 1 and config.metrics.enabled else None
+    raise_open_files_limit(server.max_connections)
+    if pid_file := getattr(args, "pid_file", None):  # the supervisor's pid, with several workers
+        Path(pid_file).write_text(f"{os.getpid()}\n")
     # One process: hand uvicorn the app. Several: each worker builds its own from the same file + environment.
-    app: Litestar | str = create_app(config) if server.workers == 1 else "capibara_facade.cli:app_from_environment"
-    uvicorn_config = uvicorn.Config(
+    app: Litestar | str = (
+        create_app(config, _reloader(os.environ)) if server.workers == 1 else "capibara_facade.cli:app_from_environment"
+    )
+    # uvicorn's httptools protocol with the [server] limits (server_limits.py); workers get them with the config.
+    uvicorn_config = LimitedConfig(
         app,
+        ServerLimits(server),
         factory=server.workers > 1,
         host=server.host,
         port=server.port,
         workers=server.workers,
         # uvloop and asyncio both set TCP_NODELAY on accepted sockets, so small SSE frames are not delayed.
         loop="uvloop",
-        http="httptools",
         lifespan="on",
         access_log=server.access_log,
         log_level=server.log_level,
@@ -113,11 +158,26 @@ def _serve(args: argparse.Namespace) -> int:
         backlog=4096,
     )
     if server.workers > 1:
-        _Workers(uvicorn_config, sockets=[uvicorn_config.bind_socket()]).run()
+        try:
+            _Workers(uvicorn_config, sockets=[uvicorn_config.bind_socket()], metrics_dir=metrics_dir).run()
+        finally:
+            if metrics_dir is not None and config.metrics.multiprocess_dir is None:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
         return 0
     single = uvicorn.Server(uvicorn_config)
     single.run()
     return 0 if single.started else 3  # e.g. the port is taken: uvicorn has logged why
+
+
+def _shared_metrics_dir(config: Config) -> str:
+    """The directory where every worker keeps its metrics (prometheus-client's multiprocess mode), emptied of
+    an earlier run's files; workers find it through the environment they inherit."""
+    path = config.metrics.multiprocess_dir or tempfile.mkdtemp(prefix="capibara-metrics-")
+    os.makedirs(path, exist_ok=True)
+    for stale in glob.glob(os.path.join(path, "*.db")):
+        os.remove(stale)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["CAPIBARA__METRICS__MULTIPROCESS_DIR"] = path
+    return path
 
 
 class _Workers(Multiprocess):
@@ -127,6 +187,25 @@ class _Workers(Multiprocess):
     graceful shutdown new connections are accepted into the backlog and never served. Closing it first makes
     them fail fast (and a proxy fail over) while the workers finish their open streams.
     """
+
+    def __init__(self, *args: Any, metrics_dir: str | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.metrics_dir = metrics_dir
+
+    def keep_subprocess_alive(self) -> None:
+        """uvicorn replaces a worker that died; its live gauges (in flight, open streams) go with it."""
+        before = {process.pid for process in self.processes}
+        super().keep_subprocess_alive()
+        if self.metrics_dir is not None:
+            for pid in before - {process.pid for process in self.processes}:
+                if pid is not None:
+                    mark_dead(pid, self.metrics_dir)
+
+    def handle_hup(self) -> None:
+        """SIGHUP reloads the config in every worker (uvicorn's own would restart them, cutting streams)."""
+        for process in self.processes:
+            if process.pid is not None:
+                os.kill(process.pid, signal.SIGHUP)
 
     def terminate_all(self) -> None:
         for sock in self.sockets:
@@ -138,7 +217,12 @@ def app_from_environment() -> Litestar:
     """uvicorn's app factory for worker processes: the config the parent validated, loaded again."""
     config = load_config(os.environ.get("CAPIBARA_CONFIG"), os.environ)
     _configure_logging(config)
-    return create_app(config)
+    return create_app(config, _reloader(os.environ))
+
+
+def _reloader(environ: Mapping[str, str]) -> Callable[[], Config]:
+    """How a running facade reads its config again on SIGHUP: as it did at start, file and environment."""
+    return lambda: load_config(environ.get("CAPIBARA_CONFIG"), environ)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -4,16 +4,8 @@ Everything the facade does is decided here, once, at start-up. `load_config()` e
 `Config` or raises `ConfigError` with a message that names the bad key and value; nothing is read from
 the environment anywhere else.
 
-Environment overrides (applied on top of the file, before validation):
-
-    CAPIBARA_CONFIG                 path of the TOML file (used by the CLI when --config is absent)
-    CAPIBARA_HOST, CAPIBARA_PORT    server.host, server.port
-    CAPIBARA_WORKERS                server.workers
-    CAPIBARA_UPSTREAM_URL           url of the default upstream (the only one, or the one named `default`)
-    CAPIBARA_API_KEYS               auth.api_keys, comma separated
-    CAPIBARA__SECTION__KEY          any scalar key, e.g. CAPIBARA__SERVER__MAX_BODY_BYTES=1048576 or
-                                    CAPIBARA__UPSTREAMS__MODELS_EUROPE__URL=http://10.0.0.5:8082
-                                    (values are parsed as TOML scalars, falling back to plain strings)
+The file's tables are laid under the CAPIBARA_* environment overrides (`config_environment.py`), decoded
+here, then checked (`config_checks.py`): URLs, names that refer to each other, limits that agree.
 """
 
 from __future__ import annotations
@@ -23,9 +15,12 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import urlsplit
 
 import msgspec
+
+from .config_checks import check
+from .config_environment import apply_environment
+from .config_errors import ConfigError
 
 __all__ = [
     "AuthConfig",
@@ -34,8 +29,13 @@ __all__ = [
     "ConfigError",
     "CorsConfig",
     "LegacyChatConfig",
+    "MetricsConfig",
     "ModelConfig",
+    "RequestLogConfig",
+    "RoutingConfig",
     "ServerConfig",
+    "TargetConfig",
+    "TracingConfig",
     "UpstreamConfig",
     "load_config",
 ]
@@ -54,10 +54,6 @@ PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the key and the value."""
-
-
 class Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Policy for every config section: immutable, and a misspelt key is an error, not a silent default."""
 
@@ -71,14 +67,14 @@ class ServerConfig(Base, frozen=True):
     max_body_bytes: PositiveInt = 8 * 1024 * 1024
     # On SIGTERM: stop accepting, give in-flight requests and streams this long to finish.
     shutdown_grace_seconds: Annotated[int, msgspec.Meta(ge=0)] = 30
-    # Idle client connections stay open this long; keep it above the proxy's own upstream keep-alive (nginx: 60 s)
-    # so the proxy never reuses a connection the facade is closing.
+    # Idle client connections stay open this long (between requests, and a new one that sends nothing); keep it
+    # above the proxy's own upstream keep-alive (nginx: 60 s) so the proxy never reuses a connection being closed.
     keepalive_timeout_seconds: PositiveInt = 75
     # --- Limits for a server that faces the internet with nothing in front (a container, a Kubernetes
     # Service); nginx's matching settings are in README "Server limits". Enforced in `server_limits.py`.
-    # Request line (method + URL + version) longer than this: 414.
+    # Request URL (path and query) longer than this: 414.
     max_url_bytes: PositiveInt = 8192
-    # Request head (request line + every header) larger than this: 431.
+    # Request head (the URL and every header line) larger than this: 431, as soon as that many bytes arrived.
     max_header_bytes: PositiveInt = 65536
     # A request head must be complete this long after its first byte arrived: otherwise 408 and close.
     header_timeout_seconds: PositiveFloat = 10.0
@@ -86,7 +82,8 @@ class ServerConfig(Base, frozen=True):
     # (measured once the body has taken longer than body_timeout_seconds): otherwise 408 and close.
     body_timeout_seconds: PositiveFloat = 10.0
     body_min_bytes_per_second: Annotated[int, msgspec.Meta(ge=0)] = 1024
-    # Client connections open at once; a new one above the cap is closed at once (logged once per burst).
+    # Client connections open at once, per worker process; a new one above the cap gets 503 and is closed (a
+    # warning at the first, then at most once a minute). The open-files limit is raised to fit it at start.
     max_connections: PositiveInt = 2048
     # JSON nesting deeper than this in a request body: 400 (a chat request needs well under 20).
     max_json_depth: PositiveInt = 64
@@ -128,7 +125,24 @@ class UpstreamConfig(Base, frozen=True):
     # Idle keep-alive connections are closed after this long: keep it below the upstream's own idle timeout
     # (uvicorn-based servers, llama.cpp's among them: 5 s), or a request may meet a connection being closed.
     keepalive_expiry_seconds: PositiveFloat = 4.0
+    # Requests in flight to this upstream at most; more wait in the queue ([routing]). Empty: no limit.
+    max_in_flight: PositiveInt | None = None
+    # Passive health: after this many consecutive failures (connect errors, timeouts, 5xx) the upstream is
+    # ejected for the cooldown; then one request is let through, and the cooldown doubles (up to the ceiling)
+    # each time that trial fails.
+    eject_after_failures: PositiveInt = 5
+    eject_cooldown_seconds: PositiveFloat = 5.0
+    eject_max_cooldown_seconds: PositiveFloat = 60.0
     compat: CompatConfig = CompatConfig()
+
+
+class TargetConfig(Base, frozen=True):
+    """One model server that serves a public model: the upstream, the model id it knows, a share of traffic."""
+
+    upstream: str
+    # Default: the model's upstream_model, else its name.
+    upstream_model: str | None = None
+    weight: PositiveInt = 1
 
 
 class ModelConfig(Base, frozen=True):
@@ -150,10 +164,25 @@ class ModelConfig(Base, frozen=True):
     # OpenAI. Turn off only for a server that refuses `stream_options`.
     stream_usage: bool = True
     owned_by: str | None = None
+    # Several model servers behind this name (replicas, regions); when set, `upstream` is not used.
+    targets: tuple[TargetConfig, ...] = ()
+    # Public models tried, in order, when none of this one's targets can take the request.
+    fallbacks: tuple[str, ...] = ()
+    # Prefer the same target for the same `user` field or X-Session-ID header (prompt-cache reuse on vLLM
+    # and llama.cpp), falling back to the least loaded when that one is full or ejected.
+    affinity: Literal["none", "user", "session"] = "none"
 
     @property
     def target(self) -> str:
         return self.upstream_model or self.name
+
+    def all_targets(self) -> tuple[TargetConfig, ...]:
+        """Every target, the single-upstream form included, each with its model id filled in."""
+        configured = self.targets or (TargetConfig(upstream=self.upstream),)
+        return tuple(
+            TargetConfig(upstream=t.upstream, upstream_model=t.upstream_model or self.target, weight=t.weight)
+            for t in configured
+        )
 
 
 class LegacyChatConfig(Base, frozen=True):
@@ -179,6 +208,50 @@ class CorsConfig(Base, frozen=True):
     max_age_seconds: Annotated[int, msgspec.Meta(ge=0)] = 600
 
 
+class RoutingConfig(Base, frozen=True):
+    """Waiting for a free upstream, and retrying a failed attempt (only before the client got a byte)."""
+
+    # When every target of a model is at its max_in_flight, a request waits this long, then gets 503.
+    queue_timeout_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    # Requests waiting at once, at most; more get 503 at once (memory stays bounded).
+    max_queued: PositiveInt = 1024
+    # Attempts per request, the first included. A retry goes to another target when there is one, after a
+    # connect error, a 502/503/504, or a 429 whose Retry-After is at most max_retry_after_seconds. A read
+    # timeout of a whole answer is never retried: the upstream may still be generating it (twice the GPU work).
+    max_attempts: PositiveInt = 3
+    max_retry_after_seconds: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    # Retries over the last retry_budget_window_seconds are capped at this share of first attempts (and
+    # always allowed up to retry_budget_minimum), so a failing fleet never gets amplified load.
+    retry_budget_percent: Annotated[float, msgspec.Meta(ge=0, le=100)] = 20.0
+    retry_budget_window_seconds: PositiveFloat = 10.0
+    retry_budget_minimum: Annotated[int, msgspec.Meta(ge=0)] = 5
+
+
+class MetricsConfig(Base, frozen=True):
+    # GET /metrics in Prometheus text format, on the facade's own port (nginx's site does not route it).
+    enabled: bool = True
+    # Where workers keep their values when server.workers > 1 (prometheus-client's multiprocess mode). Empty:
+    # a fresh temporary directory per start. Under systemd, RuntimeDirectory= gives a good one.
+    multiprocess_dir: str | None = None
+
+
+class RequestLogConfig(Base, frozen=True):
+    # One JSON line per finished request: ids, model, upstream, status, timings, tokens, outcome; no contents.
+    enabled: bool = True
+    # A file to append to; empty: standard output.
+    path: str | None = None
+
+
+class TracingConfig(Base, frozen=True):
+    # OpenTelemetry traces, one span per chat request (needs the `otel` extra: pip install 'capibara-facade[otel]').
+    enabled: bool = False
+    # "otlp": OTLP over HTTP to `endpoint` (a collector, Jaeger, Tempo...); "file": one JSON span a line to `path`.
+    exporter: Literal["otlp", "file"] = "otlp"
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    path: str | None = None
+    service_name: str = "capibara-facade"
+
+
 class AuthConfig(Base, frozen=True):
     # Bearer keys accepted from clients. Empty: the facade is open (the frontend sends no key today).
     api_keys: tuple[str, ...] = ()
@@ -199,6 +272,10 @@ class Config(Base, frozen=True):
     legacy_chat: LegacyChatConfig = LegacyChatConfig()
     cors: CorsConfig = CorsConfig()
     auth: AuthConfig = AuthConfig()
+    routing: RoutingConfig = RoutingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    request_log: RequestLogConfig = RequestLogConfig()
+    tracing: TracingConfig = TracingConfig()
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -212,7 +289,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     source = str(path) if path is not None else "built-in defaults"
-    if _apply_environment(raw, environ or {}):
+    if apply_environment(raw, environ or {}):
         source += " + CAPIBARA_* environment / command-line options"
     try:
         # Upstreams one by one first: msgspec names a dict entry `[...]`, and the name is what an operator needs.
@@ -221,7 +298,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         config = _convert(raw, Config, "")
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    _validate(config)
+    check(config)
     return config
 
 
@@ -251,117 +328,3 @@ def _value_at(raw: Any, path: str) -> Any:
         except (KeyError, IndexError, TypeError):
             return _MISSING
     return node if path else _MISSING
-
-
-def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> bool:
-    """Apply the CAPIBARA_* overrides in `environ` to `raw`; whether there were any."""
-    applied = False
-    shortcuts = {
-        "CAPIBARA_HOST": ("server", "host"),
-        "CAPIBARA_PORT": ("server", "port"),
-        "CAPIBARA_WORKERS": ("server", "workers"),
-    }
-    for variable, (section, key) in shortcuts.items():
-        if variable in environ:
-            applied = _set(raw, (section, key), environ[variable])
-    if "CAPIBARA_UPSTREAM_URL" in environ:
-        upstreams = raw.setdefault("upstreams", {"default": {}})
-        if "default" in upstreams or len(upstreams) == 1:
-            name = "default" if "default" in upstreams else next(iter(upstreams))
-        else:
-            names = ", ".join(sorted(upstreams))
-            raise ConfigError(
-                f"CAPIBARA_UPSTREAM_URL: there are several upstreams ({names}) and none is named 'default'; "
-                "set CAPIBARA__UPSTREAMS__<NAME>__URL instead"
-            )
-        applied = _set(raw, ("upstreams", name, "url"), environ["CAPIBARA_UPSTREAM_URL"])
-    if "CAPIBARA_API_KEYS" in environ:
-        keys = [key.strip() for key in environ["CAPIBARA_API_KEYS"].split(",") if key.strip()]
-        applied = _set(raw, ("auth", "api_keys"), keys)
-    for variable, value in environ.items():
-        if variable.startswith("CAPIBARA__"):
-            path = tuple(part.lower() for part in variable.removeprefix("CAPIBARA__").split("__"))
-            if len(path) >= 2 and path[0] == "upstreams":
-                path = ("upstreams", _upstream_key(raw, path[1]), *path[2:])
-            applied = _set(raw, path, _value(value))
-    return applied
-
-
-def _upstream_key(raw: dict[str, Any], env_name: str) -> str:
-    """Environment names are upper-case with underscores; find the configured upstream they mean."""
-    for name in raw.get("upstreams", {}):
-        if name.lower().replace("-", "_") == env_name:
-            return str(name)
-    return env_name
-
-
-def _set(raw: dict[str, Any], keys: tuple[str, ...], value: Any) -> bool:
-    node = raw
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"environment override {'.'.join(keys)}: {key!r} is not a table")
-        node = child
-    node[keys[-1]] = value
-    return True
-
-
-def _value(text: str) -> Any:
-    """An environment value: a TOML array or inline table when it looks like one, else the string itself
-    (converted to the key's type at validation, so an API key of digits stays a string)."""
-    if text.startswith(("[", "{")):
-        try:
-            return tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            pass
-    return text
-
-
-def _validate(config: Config) -> None:
-    for name, upstream in config.upstreams.items():
-        parts = urlsplit(upstream.url)
-        try:
-            parts.port  # noqa: B018 - raises ValueError for a port out of range
-        except ValueError:
-            raise ConfigError(f"upstreams.{name}.url: {upstream.url!r} has an invalid port") from None
-        if parts.username is not None or parts.password is not None:  # the URL itself is not shown: it has a secret
-            raise ConfigError(
-                f"upstreams.{name}.url: must not carry credentials (user:password@); use upstreams.{name}.api_key"
-            )
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"upstreams.{name}.url: {upstream.url!r} is not an http(s) URL")
-        if upstream.url.endswith("/"):
-            raise ConfigError(f"upstreams.{name}.url: {upstream.url!r} must not end with '/'")
-        if not upstream.probe_path.startswith("/"):
-            raise ConfigError(f"upstreams.{name}.probe_path: {upstream.probe_path!r} must start with '/'")
-    if not config.upstreams:
-        raise ConfigError("upstreams: at least one upstream is required")
-    seen: set[str] = set()
-    for index, model in enumerate(config.models):
-        where = f"models[{index}]"
-        if not model.name:
-            raise ConfigError(f"{where}.name: must not be empty")
-        if model.name in seen:
-            raise ConfigError(f"{where}.name: duplicate model name {model.name!r}")
-        seen.add(model.name)
-        if model.upstream not in config.upstreams:
-            known = ", ".join(sorted(config.upstreams))
-            raise ConfigError(f"{where}.upstream: {model.upstream!r} is not a configured upstream ({known})")
-        for key in model.defaults:
-            if key in ("model", "messages", "stream"):
-                raise ConfigError(f"{where}.defaults.{key}: {key!r} cannot have a default")
-    target = config.passthrough_unknown_models_to
-    if target is not None and target not in config.upstreams:
-        raise ConfigError(f"passthrough_unknown_models_to: {target!r} is not a configured upstream")
-    if config.models and config.legacy_chat.model not in seen and target is None:
-        raise ConfigError(f"legacy_chat.model: {config.legacy_chat.model!r} is not a configured model name")
-    for index, model in enumerate(config.models):
-        if model.max_tokens is not None:
-            for key in ("max_tokens", "max_completion_tokens"):
-                default = model.defaults.get(key)
-                if isinstance(default, int) and default > model.max_tokens:
-                    cap = model.max_tokens
-                    raise ConfigError(f"models[{index}].defaults.{key}: {default} is above the max_tokens cap {cap}")
-    for origin in config.cors.allow_origins:
-        if origin != "*" and not urlsplit(origin).scheme:
-            raise ConfigError(f"cors.allow_origins: {origin!r} is not an origin like https://example.com")

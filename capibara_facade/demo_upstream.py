@@ -61,6 +61,7 @@ class Record(msgspec.Struct):
     request_id: str | None
     body: str
     authorization: str | None
+    traceparent: str | None = None
     outcome: str = "in_progress"
 
 
@@ -102,6 +103,7 @@ class DemoUpstream:
             request_id=_text(headers.get(b"x-request-id")),
             body=body.decode("utf-8", "replace"),
             authorization=_text(headers.get(b"authorization")),
+            traceparent=_text(headers.get(b"traceparent")),
         )
         self.records.append(record)
         try:

@@ -13,6 +13,7 @@ its exception class from it (400 BadRequestError, 401 AuthenticationError, 404 N
     ├── OriginNotAllowed         403 invalid_request_error   code = origin_not_allowed
     ├── MethodNotAllowed         405 invalid_request_error   code = method_not_allowed (+ Allow)
     ├── PayloadTooLarge          413 invalid_request_error   code = request_too_large
+    ├── ShuttingDown             503 server_error            code = server_shutdown (+ Retry-After)
     └── UpstreamError            502 upstream_error          code = upstream_unreachable
         ├── UpstreamUnavailable  503                         code = no_upstream_available
         └── UpstreamTimeout      504                         code = upstream_timeout
@@ -36,6 +37,7 @@ __all__ = [
     "OriginNotAllowed",
     "PayloadTooLarge",
     "RouteNotFound",
+    "ShuttingDown",
     "UpstreamError",
     "UpstreamTimeout",
     "UpstreamUnavailable",
@@ -142,15 +144,35 @@ class PayloadTooLarge(FacadeError):
     code = "request_too_large"
 
 
+class ShuttingDown(FacadeError):
+    status = 503
+    type = "server_error"
+    code = "server_shutdown"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
 class UpstreamError(FacadeError):
     status = 502
     type = "upstream_error"
     code = "upstream_unreachable"
 
+    def __init__(self, message: str, *, code: str | None = None, failure: str = "connect") -> None:
+        super().__init__(message, code=code)
+        self.failure = failure  # what kind of failure, for the metrics: connect, timeout, broke_off, ...
+
 
 class UpstreamUnavailable(UpstreamError):
     status = 503
     code = "no_upstream_available"
+
+    def __init__(self, message: str, *, retry_after: int = 1, failure: str = "ejected") -> None:
+        super().__init__(message, failure=failure)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class UpstreamTimeout(UpstreamError):

@@ -18,7 +18,7 @@ from typing import Any
 
 from litestar.types import Receive, Scope, Send
 
-from .errors import InvalidRequest, MethodNotAllowed, PayloadTooLarge
+from .errors import FacadeError, InvalidRequest, MethodNotAllowed, PayloadTooLarge
 
 __all__ = ["ClientDisconnected", "Exchange"]
 
@@ -41,13 +41,17 @@ class ClientDisconnected(Exception):
 class Exchange:
     __slots__ = (
         "authorization",
+        "bytes_out",
         "content_length",
         "origin",
         "receive",
         "request_id",
         "scope",
         "send",
+        "session_id",
         "started",
+        "status",
+        "traceparent",
         "upstream_request_id",
     )
 
@@ -56,8 +60,12 @@ class Exchange:
         self.receive = receive
         self.send = send
         self.started = False  # the response has begun: a failure can no longer change its status
+        self.status = 0
+        self.bytes_out = 0
         self.authorization: bytes | None = None
         self.origin: bytes | None = None
+        self.traceparent: bytes | None = None
+        self.session_id: bytes | None = None
         self.content_length: int | None = None
         request_id: bytes | None = None
         for name, value in scope["headers"]:
@@ -69,6 +77,10 @@ class Exchange:
                 request_id = value
             elif name == b"origin":
                 self.origin = value
+            elif name == b"traceparent":
+                self.traceparent = value
+            elif name == b"x-session-id":
+                self.session_id = value
         # Returned to the client and sent upstream, so one id follows a request through every log. Upstreams
         # get it in UUID form: llama.cpp's server answers an empty 400 to any other X-Request-ID. A client's
         # own non-UUID id is mapped to a stable UUID (uuid5), so the two logs can still be joined.
@@ -107,14 +119,20 @@ class Exchange:
 
     async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         await self.start(status, [*headers, (b"content-length", str(len(body)).encode())])
+        self.bytes_out += len(body)
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def respond_error(self, error: FacadeError) -> None:
+        await self.respond(error.status, error.response_headers(), error.body())
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         headers = [*headers, (b"x-request-id", self.request_id.encode())]
         self.started = True
+        self.status = status
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def write(self, data: bytes) -> None:
+        self.bytes_out += len(data)
         await self.send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def finish(self) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,9 +26,10 @@ import httpx
 import msgspec
 
 from .errors import UpstreamError, UpstreamTimeout, envelope
+from .record import RequestRecord
 from .upstreams import Upstream
 
-__all__ = ["Reply", "body_stream", "open_stream", "passthrough_headers", "send"]
+__all__ = ["Reply", "body_stream", "failed_reply", "open_stream", "passthrough_headers", "send"]
 
 log = logging.getLogger(__name__)
 
@@ -47,33 +49,56 @@ _CLIENT_ERRORS = frozenset(range(400, 500)) - {401, 403, 407}
 
 
 class Reply(msgspec.Struct):
-    """A complete upstream answer, ready to send: status, end-to-end headers, body."""
+    """A complete upstream answer, ready to send: status, end-to-end headers, body; and, when the upstream
+    failed, what kind of failure it was (for the metrics)."""
 
     status: int
     headers: list[tuple[bytes, bytes]]
     content: bytes
+    failure: str | None = None
 
 
-async def send(upstream: Upstream, body: bytes, request_id: str) -> Reply:
-    request = _request(upstream, body, request_id, upstream.timeout)
-    with _translated(upstream):
-        response = await upstream.transport.handle_async_request(request)
-        content = await _read(response)
+async def send(upstream: Upstream, body: bytes, request_id: str, record: RequestRecord) -> Reply:
+    """The upstream's whole answer; its failure to give one as an `UpstreamError` (`failed_reply()` turns it
+    into the answer the client gets)."""
+    request = _request(upstream, body, request_id, upstream.timeout, record.upstream_traceparent)
+    record.upstream_sent_at = sent = time.perf_counter()
+    try:
+        with _translated(upstream, answered=False):
+            response = await upstream.transport.handle_async_request(request)
+        record.upstream_answered_at = time.perf_counter()
+        with _translated(upstream, answered=True):
+            content = await _read(response)
+    finally:
+        record.upstream_wait += time.perf_counter() - sent
     return _reply(upstream, response, content)
 
 
-async def open_stream(upstream: Upstream, body: bytes, request_id: str) -> httpx.Response | Reply:
+async def open_stream(
+    upstream: Upstream, body: bytes, request_id: str, record: RequestRecord
+) -> httpx.Response | Reply:
     """The upstream's streaming response, open and 2xx; or, when it refused, its error as a `Reply`.
 
     The caller owns the open response and must `aclose()` it (on every path, client disconnects included).
     """
-    request = _request(upstream, body, request_id, upstream.stream_timeout)
-    with _translated(upstream):
-        response = await upstream.transport.handle_async_request(request)
+    request = _request(upstream, body, request_id, upstream.stream_timeout, record.upstream_traceparent)
+    record.upstream_sent_at = sent = time.perf_counter()
+    try:
+        with _translated(upstream, answered=False):
+            response = await upstream.transport.handle_async_request(request)
+        record.upstream_answered_at = time.perf_counter()
         if response.is_success:
             return response
-        content = await _read(response)
+        with _translated(upstream, answered=True):
+            content = await _read(response)
+    finally:
+        record.upstream_wait += time.perf_counter() - sent
     return _reply(upstream, response, content)
+
+
+def failed_reply(error: UpstreamError) -> Reply:
+    """The answer for an upstream that gave none (unreachable, too slow, broken), in OpenAI's envelope."""
+    return Reply(error.status, error.response_headers(), error.body(), error.failure)
 
 
 def body_stream(response: httpx.Response) -> httpx.AsyncByteStream:
@@ -97,26 +122,41 @@ def passthrough_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
         name = name.lower()
         if name in _FORWARDED or name.startswith(_FORWARDED_PREFIXES):
             if _UNSAFE_VALUE.search(value):
-                raise UpstreamError("The upstream sent a malformed response header.", code="upstream_bad_response")
+                raise UpstreamError(
+                    "The upstream sent a malformed response header.",
+                    code="upstream_bad_response",
+                    failure="bad_response",
+                )
             forwarded.append((name, value))
     return forwarded
 
 
 @contextmanager
-def _translated(upstream: Upstream) -> Iterator[None]:
-    """httpx's exceptions as the facade's: timeouts are 504, everything else that breaks the exchange 502."""
+def _translated(upstream: Upstream, *, answered: bool) -> Iterator[None]:
+    """httpx's exceptions as the facade's: timeouts are 504, everything else that breaks the exchange 502.
+
+    The failure's kind says what a retry may do: `connect` (the request never left), `reset` (the connection
+    was closed or reset before a byte of the answer: the server died, as under `kill -9`), `timeout`,
+    `broke_off` (the answer had begun)."""
     try:
         yield
     except httpx.TimeoutException as exc:
         log.warning("upstream %s timed out: %s", upstream.name, exc)
-        raise UpstreamTimeout(f"The upstream {upstream.name!r} did not answer in time.") from None
+        failure = "connect" if isinstance(exc, httpx.ConnectTimeout) else "timeout"
+        raise UpstreamTimeout(f"The upstream {upstream.name!r} did not answer in time.", failure=failure) from None
     except httpx.HTTPError as exc:
         log.warning("upstream %s failed: %s: %s", upstream.name, type(exc).__name__, exc)
-        raise UpstreamError(f"The upstream {upstream.name!r} could not be reached or broke off.") from None
+        failure = "connect" if isinstance(exc, httpx.ConnectError) else "broke_off" if answered else "reset"
+        message = f"The upstream {upstream.name!r} could not be reached or broke off."
+        raise UpstreamError(message, failure=failure) from None
 
 
-def _request(upstream: Upstream, body: bytes, request_id: str, timeout: httpx.Timeout) -> httpx.Request:
+def _request(
+    upstream: Upstream, body: bytes, request_id: str, timeout: httpx.Timeout, traceparent: bytes | None
+) -> httpx.Request:
     headers = [*upstream.raw_headers, (b"content-type", b"application/json"), (b"x-request-id", request_id.encode())]
+    if traceparent is not None:
+        headers.append((b"traceparent", traceparent))
     return httpx.Request(
         "POST", upstream.chat_url, headers=headers, content=body, extensions={"timeout": timeout.as_dict()}
     )
@@ -126,9 +166,8 @@ def _reply(upstream: Upstream, response: httpx.Response, content: bytes) -> Repl
     status = response.status_code
     if not 200 <= status <= 599:  # 1xx here, or a status line ASGI servers cannot send (999)
         log.warning("upstream %s answered with status %s", upstream.name, status)
-        raise UpstreamError(
-            f"The upstream {upstream.name!r} sent an invalid HTTP status.", code="upstream_bad_response"
-        )
+        message = f"The upstream {upstream.name!r} sent an invalid HTTP status."
+        raise UpstreamError(message, code="upstream_bad_response", failure="bad_response")
     if response.is_success or (status in _CLIENT_ERRORS and _is_json(content)):
         return Reply(status, passthrough_headers(response), content)
     # Anything else is the upstream's own trouble: never show its text (it can carry file paths, stack traces
@@ -138,13 +177,14 @@ def _reply(upstream: Upstream, response: httpx.Response, content: bytes) -> Repl
     log.warning("upstream %s answered %s (%d bytes, not shown)", upstream.name, status, len(content))
     if status != 429 and status < 500:
         message = f"The upstream {upstream.name!r} failed with HTTP {status}."
-        return Reply(502, _JSON, envelope(message, "upstream_error", code="upstream_error"))
+        return Reply(502, _JSON, envelope(message, "upstream_error", code="upstream_error"), "bad_response")
     retry = [(name, value) for name, value in passthrough_headers(response) if name in _RETRY_HEADERS]
     if status == 429:
         message = f"The upstream {upstream.name!r} is rate limiting requests; retry later."
-        return Reply(429, [*_JSON, *retry], envelope(message, "rate_limit_error", code="rate_limit_exceeded"))
+        body = envelope(message, "rate_limit_error", code="rate_limit_exceeded")
+        return Reply(429, [*_JSON, *retry], body, "rate_limited")
     message = f"The upstream {upstream.name!r} failed with HTTP {status}."
-    return Reply(status, [*_JSON, *retry], envelope(message, "upstream_error", code="upstream_error"))
+    return Reply(status, [*_JSON, *retry], envelope(message, "upstream_error", code="upstream_error"), "status_5xx")
 
 
 def _is_json(content: bytes) -> bool:

@@ -1,51 +1,188 @@
-"""The Gateway: everything a request needs, built once from the config and closed once at shutdown.
+"""The Gateway: everything a request needs, built from the config, reloaded on SIGHUP, closed at shutdown.
 
-There is no module-level state in the facade; handlers reach the catalog, the upstream pool and the
-accepted keys through the one `Gateway` that `create_app()` builds.
+There is no module-level state in the facade; handlers reach the current `Generation` (catalog, upstreams,
+keys: what a reload can change), the balancer, the metrics and the request log through the one `Gateway`
+that `create_app()` builds. `account()` is the last stage of every request: it reads the request's record
+once, for every observer.
+
+Reload: `reload()` reads the config again. A valid one becomes the next generation for new requests, while
+requests and streams in flight finish on the one they started with; an invalid one, or one that changes what
+only a restart can (the [server] section: listen address, workers, limits; CORS, metrics, request log, tracing),
+is refused and the old config kept. Either way the result is logged, counted
+(`capibara_config_reloads_total{result}`, `capibara_config_generation`) and shown in /health.
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
 
-from .catalog import Catalog
-from .config import Config
-from .errors import AuthenticationFailed, OriginNotAllowed
-from .upstreams import Pool
+import msgspec
 
-__all__ = ["Gateway"]
+from .breaker import CLOSED
+from .catalog import Model
+from .config import Config, ConfigError, UpstreamConfig
+from .generation import Generation
+from .metrics import Metrics
+from .record import RequestRecord
+from .request_log import RequestLog
+from .routing import Attempts, Balancer, RetryBudget
+from .tracing import Tracing
+from .upstreams import Upstream, UpstreamState
+
+__all__ = ["Gateway", "ReloadResult"]
+
+log = logging.getLogger(__name__)
+
+# What a reload cannot change: the listening socket and its limits, the processes, and the observers.
+_RESTART_ONLY = ("server", "cors", "metrics", "request_log", "tracing")
+
+
+class ReloadResult(msgspec.Struct):
+    result: str  # "ok", "invalid" (the file did not load), "refused" (it changes what needs a restart)
+    generation: int
+    error: str | None = None
+    at: float | None = None  # Unix time
 
 
 class Gateway:
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.catalog = Catalog(config)
-        self.pool = Pool(config)
-        self._api_keys = tuple(key.encode() for key in config.auth.api_keys)
-        origins = config.cors.allow_origins
-        self._origins = None if "*" in origins else frozenset(origin.encode() for origin in origins)
+    def __init__(self, config: Config, load: Callable[[], Config] | None = None) -> None:
+        self._load = load  # reads the config again, for reload(); None: the config cannot be reloaded
+        # Several workers share their metrics through files (the CLI sets up the directory before they start).
+        shared_dir = config.metrics.multiprocess_dir if config.server.workers > 1 else None
+        self.metrics = Metrics([model.name for model in config.models], shared_dir) if config.metrics.enabled else None
+        self.request_log = RequestLog(config.request_log.path) if config.request_log.enabled else None
+        self.tracing = Tracing(config.tracing) if config.tracing.enabled else None
+        routing = config.routing
+        self.balancer = Balancer(routing)
+        self.retry_budget = RetryBudget(
+            routing.retry_budget_percent, routing.retry_budget_window_seconds, routing.retry_budget_minimum
+        )
+        self.current = Generation(1, config, self._upstream)
+        self.last_reload = ReloadResult("ok", 1)
+        self._watching: asyncio.Task[None] | None = None
+        self._retired: dict[asyncio.Task[None], Upstream] = {}  # closing once idle
 
-    def admit_origin(self, origin: bytes | None) -> None:
-        """Refuse a browser request from a site the CORS policy does not list, before any work is done.
+    @property
+    def config(self) -> Config:
+        return self.current.config
 
-        CORS alone only keeps such a site from reading the answer: a "simple" cross-site POST (text/plain,
-        no preflight) would still run a generation. Clients other than browsers send no Origin."""
-        if origin is not None and self._origins is not None and origin not in self._origins:
-            raise OriginNotAllowed(f"Requests from the origin {origin.decode('latin-1')!r} are not allowed.")
+    def _upstream(self, name: str, config: UpstreamConfig) -> Upstream:
+        metrics = self.metrics
+        if metrics is None:
+            return Upstream(name, config)
+        return Upstream(
+            name, config, metrics.in_flight_gauge(name), lambda state: metrics.set_upstream_state(name, state)
+        )
 
-    def authenticate(self, authorization: bytes | None) -> None:
-        """Accept the request when no keys are configured, or when it carries one of them as a Bearer token."""
-        if not self._api_keys:
+    def attempts(self, generation: Generation, model: Model, affinity_key: str | None) -> Attempts:
+        return generation.attempts(model, affinity_key, self.balancer, self.retry_budget)
+
+    def trace(self, record: RequestRecord, traceparent: bytes | None) -> None:
+        """With tracing on, the request's span starts (a child of the client's `traceparent`)."""
+        if self.tracing is not None:
+            self.tracing.start(record, traceparent)
+
+    def account(self, record: RequestRecord) -> None:
+        """The request is over: every observer reads its record, once."""
+        if self.metrics is not None:
+            self.metrics.observe(record)
+        if self.request_log is not None:
+            self.request_log.write(record)
+        if self.tracing is not None:
+            self.tracing.end(record)
+
+    @contextlib.contextmanager
+    def streaming(self) -> Iterator[None]:
+        """Around relaying one stream: counted in `capibara_open_streams` while it lasts."""
+        if self.metrics is None:
+            yield
             return
-        scheme, _, token = (authorization or b"").partition(b" ")
-        if scheme.lower() != b"bearer" or not token:
-            raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer <key>'.")
-        # Compare against every key in constant time, so timing reveals neither key nor position.
-        matched = False
-        for key in self._api_keys:
-            matched |= hmac.compare_digest(token.strip(), key)
-        if not matched:
-            raise AuthenticationFailed("Incorrect API key provided.")
+        self.metrics.open_streams.inc()
+        try:
+            yield
+        finally:
+            self.metrics.open_streams.dec()
+
+    def reload(self) -> ReloadResult:
+        """Read the config again and make it the next generation, or keep the current one (see the module)."""
+        previous = self.current
+        try:
+            if self._load is None:
+                raise ConfigError("this facade was started without a config to reload")
+            config = self._load()
+            for section in _RESTART_ONLY:
+                old, new = getattr(previous.config, section), getattr(config, section)
+                if old != new:
+                    changed = _changed_keys(section, old, new)
+                    raise _NeedsRestart(f"{changed} cannot change without a restart; restart the facade to apply it")
+        except (ConfigError, _NeedsRestart) as exc:
+            result = "refused" if isinstance(exc, _NeedsRestart) else "invalid"
+            log.error("config reload %s, keeping generation %d: %s", result, previous.number, exc)
+            self.last_reload = ReloadResult(result, previous.number, str(exc), round(time.time(), 3))
+            self._count_reload(result)
+            return self.last_reload
+        self.current = Generation(previous.number + 1, config, self._upstream, previous)
+        self.balancer.config = config.routing
+        if self.metrics is not None:
+            self.metrics.set_models(model.name for model in config.models)
+        for upstream in previous.retired(self.current):
+            closing = asyncio.ensure_future(upstream.close_when_idle())
+            self._retired[closing] = upstream
+            closing.add_done_callback(self._retired.pop)
+        self._watch()
+        log.warning("config reloaded: generation %d", self.current.number)
+        self.last_reload = ReloadResult("ok", self.current.number, None, round(time.time(), 3))
+        self._count_reload("ok")
+        return self.last_reload
+
+    def _count_reload(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.reloaded(result, self.current.number)
+
+    def start(self) -> None:
+        """Background work for the app's lifetime: with metrics on, the upstreams are probed continually."""
+        if self.metrics is not None:
+            self.metrics.reloaded(None, self.current.number)
+        self._watch()
+
+    def _watch(self) -> None:
+        if self.metrics is None:
+            return
+        if self._watching is not None:
+            self._watching.cancel()
+        for name in self.current.pool.upstreams:
+            self.metrics.set_upstream_state(name, CLOSED)
+        self._watching = asyncio.ensure_future(self.current.pool.watch(self._upstream_probed))
+
+    def _upstream_probed(self, name: str, state: UpstreamState) -> None:
+        if self.metrics is not None:
+            self.metrics.set_upstream_up(name, bool(state.reachable))
 
     async def aclose(self) -> None:
-        await self.pool.aclose()
+        if self._watching is not None:
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching
+        for closing, upstream in list(self._retired.items()):
+            closing.cancel()
+            await upstream.aclose()
+        await self.current.pool.aclose()
+        if self.request_log is not None:
+            self.request_log.close()
+        if self.tracing is not None:
+            self.tracing.aclose()
+
+
+class _NeedsRestart(Exception):
+    pass
+
+
+def _changed_keys(section: str, old: msgspec.Struct, new: msgspec.Struct) -> str:
+    """`section.key (old -> new)` for each key that differs."""
+    old_values, new_values = msgspec.structs.asdict(old), msgspec.structs.asdict(new)
+    changed = [key for key in old_values if old_values[key] != new_values[key]]
+    return ", ".join(f"{section}.{key} ({old_values[key]!r} -> {new_values[key]!r})" for key in changed) or section

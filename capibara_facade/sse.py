@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import AsyncGenerator
 
 import httpx
@@ -28,6 +29,8 @@ import msgspec
 
 from .errors import envelope
 from .forward import body_stream
+from .record import RequestRecord
+from .usage import Usage
 from .wire import rename_model
 
 __all__ = ["HEADERS", "SHUTDOWN_EVENT", "error_event", "relay"]
@@ -40,6 +43,13 @@ _TERMINATORS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 _LONGEST_TERMINATOR = 4
 _EVENTS = re.compile(rb".*?(?:\r\n\r\n|\n\n|\r\r)", re.DOTALL)
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+# An event carrying generated output (the role-only first delta has `"content": ""`): its relay is the TTFT.
+_FIRST_OUTPUT = re.compile(
+    rb'"(?:content|reasoning_content|reasoning|refusal)"\s*:\s*"(?!")|"tool_calls"\s*:\s*\[\s*\{'
+)
+# A usage object (OpenAI sends `"usage": null` in every chunk of a stream that asked for it) or an error.
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+_ERROR = re.compile(rb'"error"\s*:')
 
 
 def error_event(message: str, type: str = "upstream_error", code: str | None = "upstream_error") -> bytes:
@@ -51,11 +61,11 @@ SHUTDOWN_EVENT = error_event("The server is shutting down; retry the request.", 
 
 
 class _ChunkView(msgspec.Struct):
-    """What the relay reads of a `data:` payload, only when a cheap substring test says it may matter
-    (an absent field stays an empty `Raw`; a JSON null is `Raw(b"null")`)."""
+    """What the relay reads of a `data:` payload, only when a cheap test says it may matter (an absent
+    `error` stays an empty `Raw`; a JSON null is `Raw(b"null")`)."""
 
     choices: list[msgspec.Raw] | None = None
-    usage: msgspec.Raw = msgspec.Raw()
+    usage: Usage | None = None
     error: msgspec.Raw = msgspec.Raw()
 
 
@@ -74,6 +84,7 @@ _error_decoder = msgspec.json.Decoder(_ErrorView)
 async def relay(
     response: httpx.Response,
     upstream_name: str,
+    record: RequestRecord,
     *,
     rename_to: str | None = None,
     hide_usage_chunk: bool = False,
@@ -82,11 +93,15 @@ async def relay(
     """The upstream's stream as complete events, as they arrive; an error event if the upstream breaks off.
 
     `hide_usage_chunk`: the facade asked for usage and the client did not, so the usage-only chunk is dropped.
+    What the stream tells about the request (first token, usage, failures, time waiting) goes into `record`.
     """
-    events = _Events(upstream_name, rename_to, hide_usage_chunk)
+    events = _Events(upstream_name, record, rename_to, hide_usage_chunk)
     pending = bytearray()
+    clock = time.perf_counter
     try:
+        waiting_since = clock()
         async for chunk in body_stream(response):
+            record.upstream_wait += clock() - waiting_since
             if pending:
                 searched_from = max(0, len(pending) - _LONGEST_TERMINATOR + 1)  # a terminator may straddle reads
                 pending += chunk
@@ -102,11 +117,15 @@ async def relay(
                 yield out
             if len(pending) > max_event_bytes:
                 log.warning("upstream %s sent an event over %d bytes; stream ended", upstream_name, max_event_bytes)
+                record.upstream_failed("event_too_large")
                 yield error_event(f"The upstream {upstream_name!r} sent an event larger than the facade accepts.")
                 return
+            waiting_since = clock()
     except httpx.HTTPError as exc:
         log.warning("upstream %s broke off mid-stream: %s: %s", upstream_name, type(exc).__name__, exc)
-        kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "broke off"
+        timed_out = isinstance(exc, httpx.TimeoutException)
+        record.upstream_failed("timeout" if timed_out else "broke_off")
+        kind = "timed out" if timed_out else "broke off"
         yield error_event(f"The upstream {upstream_name!r} {kind} in the middle of the stream.")
         return
     # The upstream ended without terminating its last event: pass the bytes on as they are.
@@ -126,22 +145,29 @@ def _complete_events_end(data: bytes | bytearray, searched_from: int) -> int:
 
 
 class _Events:
-    """The per-event changes of one stream; events that need none are passed on as the very same bytes."""
+    """The per-event work of one stream; events that need no change are passed on as the very same bytes."""
 
-    __slots__ = ("hide_usage_chunk", "rename_to", "upstream_name")
+    __slots__ = ("hide_usage_chunk", "record", "rename_to", "upstream_name")
 
-    def __init__(self, upstream_name: str, rename_to: str | None, hide_usage_chunk: bool) -> None:
+    def __init__(self, upstream_name: str, record: RequestRecord, rename_to: str | None, hide_usage: bool) -> None:
         self.upstream_name = upstream_name
+        self.record = record
         self.rename_to = rename_to
-        self.hide_usage_chunk = hide_usage_chunk
+        self.hide_usage_chunk = hide_usage
 
     def filtered(self, events: bytes) -> bytes:
         """`events` (whole events, or the unterminated tail at the end) with the documented changes applied."""
+        record = self.record
+        if record.first_token_at is not None:
+            record.output_events += events.count(b"data:")
+        elif first := _FIRST_OUTPUT.search(events):
+            record.first_token_at = time.perf_counter()
+            record.output_events += events.count(b"data:", events.rfind(b"data:", 0, first.start()))
         # Substring tests first: in the common case they say no event needs to be looked at.
         if not (
             self.rename_to
-            or b'"error"' in events
-            or (self.hide_usage_chunk and b'"usage"' in events and b'"choices"' in events)
+            or (b'"error"' in events and _ERROR.search(events))
+            or (b'"usage"' in events and _USAGE.search(events))
         ):
             return events
         parts = _EVENTS.findall(events)
@@ -151,16 +177,19 @@ class _Events:
         return b"".join([self._event(part) for part in parts])
 
     def _event(self, event: bytes) -> bytes:
-        if b'"error"' in event or (self.hide_usage_chunk and b'"usage"' in event):
+        if _ERROR.search(event) or _USAGE.search(event):
             data = b"\n".join([_data_value(line) for line in event.splitlines() if line.startswith(b"data:")])
             try:
                 view = _chunk_decoder.decode(data)
             except (msgspec.DecodeError, RecursionError):
                 view = None
             if view is not None and view.error and view.error != _NULL:
+                self.record.upstream_failed("error_event")
                 return self._sanitised(view.error, len(event))
-            if view is not None and self.hide_usage_chunk and view.usage and view.usage != _NULL and view.choices == []:
-                return b""
+            if view is not None and view.usage is not None:
+                self.record.took_usage(view.usage)
+                if self.hide_usage_chunk and view.choices == []:
+                    return b""
         return _renamed(event, self.rename_to) if self.rename_to else event
 
     def _sanitised(self, error: msgspec.Raw, size: int) -> bytes:

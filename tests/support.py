@@ -13,12 +13,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 PYTHON = sys.executable
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -106,3 +108,15 @@ def upstream_config(url: str, name: str = "default", **keys: str | int | float) 
     lines = [f"[upstreams.{name}]", f'url = "{url}"']
     lines += [f"{key} = {value!r}" if isinstance(value, str) else f"{key} = {value}" for key, value in keys.items()]
     return "\n".join(lines).replace("'", '"') + "\n"
+
+
+def wait_for(check: Callable[[], T | None], within: float = 10.0) -> T:
+    """Poll `check` until it returns something other than None (a bounded wait, not a timing assertion)."""
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still nothing after {within}s")
+        time.sleep(0.05)

@@ -1,10 +1,10 @@
 """The container image and compose file, as far as a machine without a Docker engine can prove them.
 
-No engine runs here, so the image is never built. What is proven instead: the Dockerfile installs with the
-Makefile's own commands (which CI runs on every change), everything it copies is in the build context, it
-runs as an unprivileged user, its CMD and ENV start a facade, and its HEALTHCHECK passes on a serving facade
-and fails on a dead one. The compose file follows the Compose specification, and its nginx reaches the
-facade where the facade listens.
+No engine runs here, so the image is never built. What is proven instead: the Dockerfile installs the runtime
+lock with the Makefile's own commands (which CI runs on every change), everything it copies is in the build
+context, it runs as an unprivileged user, its CMD and ENV start a facade, and its HEALTHCHECK passes on a
+serving facade and fails, saying why, on a dead one. The compose file follows the Compose specification, and
+its nginx reaches the facade where the facade listens.
 """
 
 from __future__ import annotations
@@ -21,14 +21,17 @@ import yaml
 from compose_spec import PyCompose
 
 from capibara_facade.config import load_config
+from capibara_facade.healthcheck import DEFAULT_TIMEOUT_SECONDS
 from tests import support
 from tests.deploy.tools import DEPLOY, DOCKERFILE, exec_form, image_env, instructions
 
 COMPOSE = DEPLOY / "compose.yaml"
+RUNTIME_LOCK = "requirements/runtime.lock"
 
 
 def makefile_install_commands() -> list[str]:
-    """The commands `make install` runs to create the virtualenv and install the project, variables expanded."""
+    """The commands `make install` runs to create the virtualenv, install the runtime lock and the project,
+    variables expanded."""
     text = (support.ROOT / "Makefile").read_text()
     variables = dict(re.findall(r"(?m)^(\w+)\s*[:?]?=\s*(.*?)\s*$", text))
 
@@ -64,14 +67,21 @@ def dockerignored(path: str) -> bool:
 # --- Dockerfile -----------------------------------------------------------------------------------------------
 
 
-def test_the_image_installs_the_project_with_the_makefiles_own_commands() -> None:
+def test_the_image_installs_the_runtime_lock_and_the_project_with_the_makefiles_own_commands() -> None:
     runs = [arguments for keyword, arguments in instructions() if keyword == "RUN"]
     steps = [step.strip() for run in runs for step in run.split("&&")]
-    expected = makefile_install_commands()
-    assert len(expected) == 3, expected  # venv, pip upgrade, the project
+    commands = makefile_install_commands()
+    assert len(commands) == 4, commands  # venv, pip upgrade, the runtime lock, the project
+    venv, upgrade_pip, locked, project = commands
+    assert f"--require-hashes -r {RUNTIME_LOCK}" in locked
+    # The one difference: the image installs the project as a regular package, not an editable one.
+    assert project.endswith(" -e .")
+    expected = [venv, upgrade_pip, locked, project.removesuffix(" -e .") + " ."]
     assert expected[0] in steps, f"the Dockerfile does not run {expected[0]!r}"
     position = steps.index(expected[0])
     assert steps[position : position + len(expected)] == expected
+    # ...and keeps only that installed copy: the sources it was built from would shadow it under `python -m`.
+    assert "rm -rf build capibara_facade capibara_facade.egg-info" in steps[position + len(expected) :]
 
 
 def test_everything_the_image_copies_is_in_the_build_context() -> None:
@@ -117,7 +127,15 @@ def test_the_images_command_serves_and_its_healthcheck_tells_alive_from_dead(tmp
             alive = subprocess.run(check, env=check_env, capture_output=True, text=True, timeout=30)
             assert alive.returncode == 0, alive.stderr
         dead = subprocess.run(check, env=check_env, capture_output=True, text=True, timeout=30)
-        assert dead.returncode != 0
+        assert dead.returncode == 1
+        assert f"127.0.0.1:{port}/health: connection refused" in dead.stderr
+
+
+def test_docker_waits_longer_than_the_healthcheck_so_its_reason_reaches_the_health_log() -> None:
+    (healthcheck,) = [arguments for keyword, arguments in instructions() if keyword == "HEALTHCHECK"]
+    timeout = re.search(r"--timeout=(\d+)s", healthcheck)
+    assert timeout is not None, "no --timeout: Docker's default is 30 s"
+    assert int(timeout.group(1)) > DEFAULT_TIMEOUT_SECONDS
 
 
 def test_the_image_stops_on_sigterm_and_documents_a_longer_stop_timeout() -> None:

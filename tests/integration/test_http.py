@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import time
+import tomllib
 import uuid
 from pathlib import Path
 
@@ -157,6 +159,30 @@ def test_a_declared_oversized_body_is_refused_with_413_before_it_is_read(facade_
     assert json.loads(body)["error"]["code"] == "request_too_large"
 
 
+def _chat_body_of_exactly(size: int) -> bytes:
+    """A valid chat request padded with JSON whitespace to exactly `size` bytes."""
+    start, end = b'{"model": "capibara6", "messages": [{"role": "user", "content": "hola"}]', b"}"
+    return start + b" " * (size - len(start) - len(end)) + end
+
+
+@pytest.mark.parametrize(
+    ("over_the_limit_by", "status"), [pytest.param(0, 200, id="at-the-limit"), pytest.param(1, 413, id="one-over")]
+)
+def test_a_chunked_body_without_content_length_is_held_to_the_limit_as_it_arrives(
+    http: httpx.Client, over_the_limit_by: int, status: int
+) -> None:
+    limit = tomllib.loads(facade_config("http://127.0.0.1:1"))["server"]["max_body_bytes"]
+    body = _chat_body_of_exactly(limit + over_the_limit_by)
+    pieces = (body[start : start + 4096] for start in range(0, len(body), 4096))
+    response = http.post("/v1/chat/completions", content=pieces, headers={"content-type": "application/json"})
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    assert "content-length" not in response.request.headers
+    if status == 200:
+        assert response.status_code == 200, response.text
+    else:
+        _assert_envelope(response, 413, "request_too_large")
+
+
 def test_an_unknown_path_is_a_404_envelope(http: httpx.Client) -> None:
     _assert_envelope(http.get("/v1/engines"), 404, "not_found")
 
@@ -187,9 +213,13 @@ def test_any_other_request_id_comes_back_unchanged_and_goes_upstream_in_stable_u
     assert sent[0] == sent[1] == uuid.uuid5(uuid.UUID("5f0e2bb4-7a52-4c1e-9d6c-6361706962c6"), "frontend-42").hex
 
 
-def test_the_upstream_gets_its_own_key_never_the_clients(http: httpx.Client, upstream: Upstream) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["whole-answer", "stream"])
+def test_the_upstream_gets_its_own_key_never_the_clients(http: httpx.Client, upstream: Upstream, stream: bool) -> None:
     headers = {"Authorization": "Bearer client-secret"}
-    response = http.post("/v1/chat/completions", json={"model": "capibara6", "messages": HELLO}, headers=headers)
+    body = {"model": "capibara6", "messages": HELLO, "stream": stream}
+    with http.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response:
+        assert response.status_code == 200
+        response.read()
     assert upstream.request(response.headers["x-request-id"])["authorization"] == "Bearer upstream-secret"
 
 
@@ -225,6 +255,50 @@ def test_ready_is_503_while_no_upstream_is_reachable(tmp_path: Path) -> None:
         assert response.status_code == 503
         assert response.json()["status"] == "unavailable"
         assert httpx.get(facade.url + "/health").status_code == 200
+
+
+def _wait_until_upstream_shows(facade_url: str, reachable: bool, within: float = 15.0) -> None:
+    """Poll until /ready and /health both report the upstream as `reachable` (a bounded wait, not a timing check)."""
+    deadline = time.monotonic() + within
+    seen: tuple[int, object] = (0, None)
+    while time.monotonic() < deadline:
+        ready = httpx.get(facade_url + "/ready", timeout=5)
+        health = httpx.get(facade_url + "/health", timeout=5).json()["upstreams"]["default"]
+        seen = (ready.status_code, health)
+        if ready.status_code == (200 if reachable else 503) and health["reachable"] is reachable:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"/ready and /health never showed reachable={reachable} within {within}s: {seen}")
+
+
+def test_health_and_ready_follow_an_upstream_going_down_and_coming_back(tmp_path: Path) -> None:
+    model_server = support.demo_upstream(tmp_path)
+    config = support.upstream_config(model_server.url, probe_interval_seconds=0.2)
+    with support.running(model_server), support.running(support.facade(tmp_path, config)) as facade:
+        _wait_until_upstream_shows(facade.url, reachable=True)
+        model_server.stop()
+        _wait_until_upstream_shows(facade.url, reachable=False)
+        model_server.start()  # the same port again
+        _wait_until_upstream_shows(facade.url, reachable=True)
+
+
+def test_the_upstream_is_probed_at_most_once_per_interval_however_often_health_and_ready_are_asked(
+    tmp_path: Path,
+) -> None:
+    """A load balancer asking every second must not turn health checks into load on the model server."""
+    served = tmp_path / "probe-target"
+    served.mkdir()
+    (served / "health").write_text("ok")
+    port = support.free_port()
+    argv = [support.PYTHON, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(served), str(port)]
+    probe_target = support.ServerProcess(argv, port, tmp_path / "probe-target.log")  # logs every request it serves
+    config = support.upstream_config(probe_target.url, probe_interval_seconds=60)
+    with support.running(probe_target, ready_path="/"), support.running(support.facade(tmp_path, config)) as facade:
+        for _ in range(10):
+            assert httpx.get(facade.url + "/ready").status_code == 200
+            assert httpx.get(facade.url + "/health").json()["upstreams"]["default"]["reachable"] is True
+        probes = probe_target.log_path.read_text().count('"GET /health HTTP/1.1"')
+    assert probes == 2  # the start-up report's own probe, then the facade's one for this interval
 
 
 # --- API keys -------------------------------------------------------------------------------------------

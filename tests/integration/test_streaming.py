@@ -144,17 +144,61 @@ def test_a_stream_keeps_flowing_across_long_gaps_within_the_stream_read_timeout(
     assert relayed.endswith(b"data: [DONE]\n\n")
 
 
-def test_a_stream_outliving_the_shutdown_grace_period_ends_with_an_error_event(tmp_path: Path) -> None:
+def _stream_across_a_sigterm(upstream_url: str, tmp_path: Path, grace_seconds: int) -> bytes:
+    """The stream the facade sends while it gets SIGTERM, right after the first event."""
+    grace = {"CAPIBARA__SERVER__SHUTDOWN_GRACE_SECONDS": str(grace_seconds)}
+    facade = support.facade(tmp_path, facade_config(upstream_url), env=grace)
+    body = {"model": "qwen_coder", "messages": HELLO, "stream": True}
+    with (
+        support.running(facade),
+        httpx.stream("POST", facade.url + "/v1/chat/completions", json=body, timeout=20) as response,
+    ):
+        chunks = response.iter_raw()
+        relayed = b""
+        while b"data:" not in relayed:
+            relayed += next(chunks)
+        facade.signal(signal.SIGTERM)
+        return relayed + b"".join(chunks)
+
+
+@pytest.mark.parametrize("grace_seconds", [0, 1])
+def test_a_stream_outliving_the_shutdown_grace_period_ends_with_an_error_event(
+    tmp_path: Path, grace_seconds: int
+) -> None:
+    # 9 chunks 0.5 s apart: longer than either grace period, so a grace period of 0 is no time, not forever.
     with support.running(support.demo_upstream(tmp_path, "--chunk-delay", "0.5")) as slow:
-        grace = {"CAPIBARA__SERVER__SHUTDOWN_GRACE_SECONDS": "1"}
-        facade = support.facade(tmp_path, facade_config(slow.url), env=grace)
-        with support.running(facade):
-            body = {"model": "qwen_coder", "messages": HELLO, "stream": True}
-            with httpx.stream("POST", facade.url + "/v1/chat/completions", json=body, timeout=20) as response:
-                lines = response.iter_lines()
-                assert next(line for line in lines if line.startswith("data:"))
-                facade.signal(signal.SIGTERM)  # 9 chunks 0.5 s apart: more than the 1 s grace period
-                rest = [line for line in lines if line.startswith("data:")]
-    error = json.loads(rest[-1][5:])["error"]
-    assert error["code"] == "server_shutdown"
-    assert "data: [DONE]" not in rest
+        relayed = _stream_across_a_sigterm(slow.url, tmp_path, grace_seconds)
+    events = [event for event in relayed.split(b"\n\n") if event]
+    assert json.loads(events[-1][5:])["error"]["code"] == "server_shutdown"
+    assert b"data: [DONE]" not in relayed
+
+
+def test_a_stream_shorter_than_the_shutdown_grace_period_ends_cleanly_after_sigterm(tmp_path: Path) -> None:
+    # 9 chunks 0.15 s apart: well within the 30 s grace period, so the stream must not notice the SIGTERM.
+    with support.running(support.demo_upstream(tmp_path, "--chunk-delay", "0.15")) as slow:
+        relayed = _stream_across_a_sigterm(slow.url, tmp_path, grace_seconds=30)
+        _, direct = _stream_bytes(slow.url, {"model": "qwen_coder", "messages": HELLO, "stream": True})
+    assert relayed == direct
+    assert relayed.endswith(b"data: [DONE]\n\n")
+
+
+def test_a_whole_answer_still_pending_when_the_grace_period_ends_gets_a_503_envelope(tmp_path: Path) -> None:
+    with support.running(support.demo_upstream(tmp_path, "--delay", "5")) as slow:
+        config = support.upstream_config(slow.url, read_timeout_seconds=20) + "[server]\nshutdown_grace_seconds = 1\n"
+        with support.running(support.facade(tmp_path, config)) as facade:
+            payload = json.dumps({"model": "qwen_coder", "messages": HELLO}).encode()
+            with socket.create_connection(("127.0.0.1", facade.port), timeout=20) as sock:
+                sock.sendall(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: f\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+                )
+                support.wait_for(lambda: httpx.get(slow.url + "/_demo/requests").json() or None)
+                facade.signal(signal.SIGTERM)
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ")
+    assert b"content-type: application/json" in head.lower()
+    assert json.loads(body)["error"]["code"] == "server_shutdown"
+    assert "Traceback" not in facade.log()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from capibara_facade.record import RequestRecord
 from capibara_facade.sse import relay
 
 FRAMES = [b'data: {"a":1}\n\n', b": ping\n\n", b'data: {"b":2}\r\n\r\n', b"data: [DONE]\n\n"]
@@ -27,7 +28,7 @@ class Pieces(httpx.AsyncByteStream):
 def _relayed(pieces: list[bytes], fail: bool = False) -> list[bytes]:
     async def collect() -> list[bytes]:
         response = httpx.Response(200, stream=Pieces(pieces, fail))
-        return [chunk async for chunk in relay(response, "default")]
+        return [chunk async for chunk in relay(response, "default", RequestRecord("chat", "r"))]
 
     return asyncio.run(collect())
 
@@ -61,7 +62,9 @@ def test_renaming_keeps_every_framing_byte(terminator: bytes) -> None:
 
     async def collect(pieces: list[bytes]) -> bytes:
         response = httpx.Response(200, stream=Pieces(pieces))
-        return b"".join([chunk async for chunk in relay(response, "default", rename_to="capibara6")])
+        return b"".join(
+            [chunk async for chunk in relay(response, "default", RequestRecord("chat", "r"), rename_to="capibara6")]
+        )
 
     expected = b"".join(events).replace(b'"aya"', b'"capibara6"')
     assert asyncio.run(collect(events)) == expected  # one event per read
@@ -81,7 +84,7 @@ GOLDEN = [ROLE, b": ping\n\n", TEXT, WITH_USAGE, USAGE_ONLY, DONE]
 def _relay(pieces: list[bytes], **options: object) -> bytes:
     async def collect() -> bytes:
         response = httpx.Response(200, stream=Pieces(pieces))
-        return b"".join([chunk async for chunk in relay(response, "default", **options)])  # type: ignore[arg-type]
+        return b"".join([chunk async for chunk in relay(response, "default", RequestRecord("chat", "r"), **options)])  # type: ignore[arg-type]
 
     return asyncio.run(collect())
 
@@ -125,7 +128,7 @@ def test_an_event_that_never_ends_is_cut_at_the_size_limit_not_buffered() -> Non
 
     async def collect() -> list[bytes]:
         response = httpx.Response(200, stream=Counting(pieces))
-        return [chunk async for chunk in relay(response, "default", max_event_bytes=8192)]
+        return [chunk async for chunk in relay(response, "default", RequestRecord("chat", "r"), max_event_bytes=8192)]
 
     out = asyncio.run(collect())
     assert out[0] == ROLE

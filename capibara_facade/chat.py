@@ -1,0 +1,250 @@
+"""The chat path, `POST /v1/chat/completions` and `POST /api/chat`, one request straight through:
+
+    receive → authenticate → validate → resolve alias → pick target → forward (stream or not) → account
+
+`pick target → forward` may run again, on another target or a fallback model, while the client has not had a
+byte: after a connect error, an upstream 502/503/504, or a 429 whose Retry-After is short (routing.py says
+which, and the retry budget how often). Never once a stream has started, and never after a whole answer timed
+out: the upstream may still be generating it.
+
+Failures are raised as `FacadeError`s and rendered here, through the exchange, so that they carry the request
+id. Once a stream has started, a failure can only be reported inside it, as an SSE error event. Every request
+has one `RequestRecord`, which the stages fill in and `Gateway.account()` reads once at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
+from typing import TypeVar
+
+import httpx
+from litestar.handlers import BaseRouteHandler, asgi
+from litestar.types import Receive, Scope, Send
+
+from . import forward, sse, wire
+from .catalog import Model, Route
+from .config import Config
+from .errors import FacadeError, ShuttingDown, UpstreamError, UpstreamUnavailable
+from .exchange import ClientDisconnected, Exchange
+from .forward import Reply
+from .gateway import Gateway
+from .generation import Generation
+from .record import Outcome, RequestRecord
+from .routing import Attempts, Slot, Verdict
+from .upstreams import Upstream
+from .usage import read_usage
+
+__all__ = ["chat_route"]
+
+log = logging.getLogger(__name__)
+
+_RETRIED_STATUSES = frozenset((502, 503, 504))
+T = TypeVar("T")
+
+
+def chat_route(
+    path: str, name: str, gateway: Gateway, to_chat_request: Callable[[bytes, Config], bytes]
+) -> BaseRouteHandler:
+    """A POST route that turns its body into a chat-completion request and relays it."""
+    body_limit = gateway.config.server.max_body_bytes
+
+    @asgi(path, copy_scope=False)
+    async def relay_route(scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = Exchange(scope, receive, send)
+        generation = gateway.current  # this request's rules to its end, whatever a reload does meanwhile
+        record = RequestRecord(name, exchange.request_id)
+        gateway.trace(record, exchange.traceparent)
+        try:
+            exchange.require_method("POST")
+            generation.admit_origin(exchange.origin)
+            generation.authenticate(exchange.authorization)  # before the body: strangers get no buffer
+            body = await exchange.read_body(body_limit)
+            await _relay_chat(gateway, generation, exchange, record, to_chat_request(body, generation.config))
+        except FacadeError as error:
+            record.refused(error)
+            await exchange.respond_error(error)
+        except ClientDisconnected:
+            record.client_left(streaming=exchange.started)
+            log.debug("client left before the answer was complete (request %s)", exchange.request_id)
+        except asyncio.CancelledError:  # the server is stopping and its grace period is over
+            record.outcome = Outcome.SHUTDOWN
+            if not exchange.started:  # a started stream has had its error event already
+                await exchange.respond_error(ShuttingDown("The server is shutting down; retry the request."))
+        except Exception:  # a bug: logged with the request id, answered in OpenAI's shape if nothing was sent yet
+            record.outcome = Outcome.ERROR
+            log.exception("unexpected error on %s (request %s)", path, exchange.request_id)
+            if not exchange.started:
+                await exchange.respond_error(FacadeError("The server failed to handle the request."))
+        finally:
+            record.finish(exchange.status, exchange.bytes_out)
+            gateway.account(record)
+
+    return relay_route
+
+
+async def _relay_chat(
+    gateway: Gateway, generation: Generation, exchange: Exchange, record: RequestRecord, body: bytes
+) -> None:
+    chat = wire.read_chat(body, gateway.config.server.max_json_depth)
+    record.asked(chat.model, bool(chat.stream))
+    model = generation.catalog.resolve(chat.model)
+    attempts = gateway.attempts(generation, model, _affinity_key(model, chat, exchange))
+    async with exchange.cancel_on_disconnect():
+        if chat.stream:
+            reply = await _stream(gateway, exchange, record, chat, body, attempts)
+        else:
+            reply = await _whole_answer(gateway, exchange, record, chat, body, attempts)
+    if reply is not None:
+        if reply.failure is not None:
+            record.upstream_failed(reply.failure)
+        await exchange.respond(reply.status, [*reply.headers, *_served_headers(record)], reply.content)
+
+
+async def _whole_answer(
+    gateway: Gateway, exchange: Exchange, record: RequestRecord, chat: wire.ChatRequest, body: bytes, attempts: Attempts
+) -> Reply:
+    reply: Reply | None = None
+    while (slot := await _next_slot(attempts, reply)) is not None:
+        route = slot.target.route
+        reply = await _attempt(forward.send, slot, attempts, exchange, record, wire.upstream_body(body, chat, route))
+        attempts.release(slot, _verdict(reply))
+        # A whole answer that timed out is not tried again: the upstream may still be generating it.
+        if not (_worth_retrying(reply, gateway) and attempts.may_retry()):
+            if reply.status == 200 and (usage := read_usage(reply.content)) is not None:
+                record.took_usage(usage)
+            if reply.status < 400 and (rename_to := _renamed_to(route)):
+                return Reply(reply.status, reply.headers, wire.rename_model(reply.content, rename_to))
+            return reply
+        log.info("request %s: %s from %s, trying again", exchange.request_id, reply.failure, route.upstream)
+    assert reply is not None
+    return reply
+
+
+async def _stream(
+    gateway: Gateway, exchange: Exchange, record: RequestRecord, chat: wire.ChatRequest, body: bytes, attempts: Attempts
+) -> Reply | None:
+    """Relay the stream; or, when every attempt was refused before streaming, the last refusal to answer with."""
+    reply: Reply | None = None
+    while (slot := await _next_slot(attempts, reply)) is not None:
+        route = slot.target.route
+        upstream_body = wire.upstream_body(body, chat, route)
+        opened = await _attempt(forward.open_stream, slot, attempts, exchange, record, upstream_body)
+        if isinstance(opened, Reply):  # refused before streaming: another target may take it
+            reply = opened
+            attempts.release(slot, _verdict(reply))
+            if not (_worth_retrying(reply, gateway) and attempts.may_retry()):
+                return reply
+            log.info("request %s: %s from %s, trying again", exchange.request_id, reply.failure, route.upstream)
+            continue
+        verdict = Verdict.NONE
+        try:
+            await _relay_events(gateway, exchange, record, chat, opened, route)
+            verdict = Verdict.FAILURE if record.upstream_error else Verdict.SUCCESS
+        finally:
+            await opened.aclose()
+            attempts.release(slot, verdict)
+        return None
+    return reply
+
+
+async def _relay_events(
+    gateway: Gateway,
+    exchange: Exchange,
+    record: RequestRecord,
+    chat: wire.ChatRequest,
+    opened: httpx.Response,
+    route: Route,
+) -> None:
+    events = sse.relay(
+        opened,
+        route.upstream,
+        record,
+        rename_to=_renamed_to(route),
+        hide_usage_chunk=wire.hides_usage(chat, route),
+        max_event_bytes=gateway.config.server.max_sse_event_bytes,
+    )
+    try:
+        with gateway.streaming():
+            async with aclosing(events):
+                headers = [*forward.passthrough_headers(opened), *sse.HEADERS, *_served_headers(record)]
+                await exchange.start(opened.status_code, headers)
+                async for chunk in events:
+                    await exchange.write(chunk)
+        await exchange.finish()
+    except asyncio.CancelledError:
+        # The server is stopping and its grace period is over: end the stream with an error event, not a cut.
+        # (If the client left instead, uvicorn drops these writes, and the cancel is theirs.)
+        if exchange.started:
+            await exchange.write(sse.SHUTDOWN_EVENT)
+            await exchange.finish()
+        raise
+
+
+async def _attempt(
+    call: Callable[[Upstream, bytes, str, RequestRecord], Awaitable[T]],
+    slot: Slot,
+    attempts: Attempts,
+    exchange: Exchange,
+    record: RequestRecord,
+    upstream_body: bytes,
+) -> T | Reply:
+    """One attempt at the slot's target: what `call` (send or open_stream) returned, or the failure as a Reply."""
+    record.resolved(slot.target.route)
+    try:
+        return await call(slot.target.upstream, upstream_body, exchange.upstream_request_id, record)
+    except UpstreamError as error:
+        return forward.failed_reply(error)
+    except BaseException:  # the client left, or the server is stopping: no verdict on this upstream
+        attempts.release(slot, Verdict.NONE)
+        raise
+
+
+async def _next_slot(attempts: Attempts, failed: Reply | None) -> Slot | None:
+    """The next target's slot; None when nothing else can take the request, and the last failure is the answer."""
+    try:
+        return await attempts.next()
+    except UpstreamUnavailable:
+        if failed is None:
+            raise
+        return None
+
+
+def _served_headers(record: RequestRecord) -> list[tuple[bytes, bytes]]:
+    """Server-Timing; and, when a fallback model served the request, which one."""
+    headers = [record.server_timing()]
+    if record.served_by is not None and record.served_by != record.model:
+        headers.append((b"x-capibara-served-model", record.served_by.encode()))
+    return headers
+
+
+def _verdict(reply: Reply) -> str:
+    """A connect error, a reset, a timeout, a broken answer or a 5xx counts against the upstream's breaker."""
+    failed = reply.failure in ("connect", "reset", "timeout", "broke_off", "status_5xx")
+    return Verdict.FAILURE if failed else Verdict.SUCCESS
+
+
+def _worth_retrying(reply: Reply, gateway: Gateway) -> bool:
+    """Whether another target may do better: this one could not be reached or dropped the connection before
+    answering (it died: nothing can run twice), it is overloaded or restarting (502/503/504), or it asks to
+    be left alone for less than `max_retry_after_seconds`. Retries never go to the same target again."""
+    if reply.failure in ("connect", "reset") or (reply.failure == "status_5xx" and reply.status in _RETRIED_STATUSES):
+        return True
+    if reply.status != 429:
+        return False
+    retry_after = next((value for name, value in reply.headers if name == b"retry-after"), b"")
+    return retry_after.isdigit() and int(retry_after) <= gateway.config.routing.max_retry_after_seconds
+
+
+def _renamed_to(route: Route) -> str | None:
+    return route.public_name if route.rename_response else None
+
+
+def _affinity_key(model: Model, chat: wire.ChatRequest, exchange: Exchange) -> str | None:
+    if model.affinity == "user":
+        return chat.user if isinstance(chat.user, str) else None
+    if model.affinity == "session":
+        return exchange.session_id.decode("latin-1") if exchange.session_id else None
+    return None
