@@ -25,12 +25,12 @@ from litestar import Litestar
 from uvicorn.supervisors import Multiprocess
 
 from . import __version__
-from .app import create_app
 from .config import Config, ConfigError, load_config
 from .control import signal_reload
-from .metrics import mark_dead
-from .server_limits import LimitedConfig, ServerLimits, raise_open_files_limit
-from .startup import startup_report
+from .http.app import create_app
+from .http.server_limits import LimitedConfig, ServerLimits, raise_open_files_limit
+from .observe.metrics import mark_dead
+from .observe.startup import startup_report
 
 __all__ = ["app_from_environment", "main"]
 

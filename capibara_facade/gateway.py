@@ -22,16 +22,16 @@ from collections.abc import Callable, Iterator
 
 import msgspec
 
-from .breaker import CLOSED
 from .catalog import Model
 from .config import Config, ConfigError, UpstreamConfig
 from .generation import Generation
-from .metrics import Metrics
-from .record import RequestRecord
-from .request_log import RequestLog
-from .routing import Attempts, Balancer, RetryBudget
-from .tracing import Tracing
-from .upstreams import Upstream, UpstreamState
+from .observe.metrics import Metrics
+from .observe.record import RequestRecord
+from .observe.request_log import RequestLog
+from .observe.tracing import Tracing
+from .upstream.breaker import CLOSED
+from .upstream.routing import Attempts, Balancer, RetryBudget
+from .upstream.upstreams import Upstream, UpstreamState
 
 __all__ = ["Gateway", "ReloadResult"]
 

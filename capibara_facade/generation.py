@@ -17,8 +17,8 @@ import msgspec
 from .catalog import Catalog, Model
 from .config import Config, UpstreamConfig
 from .errors import AuthenticationFailed, OriginNotAllowed
-from .routing import Attempts, Balancer, RetryBudget, Target
-from .upstreams import Pool, Upstream
+from .upstream.routing import Attempts, Balancer, RetryBudget, Target
+from .upstream.upstreams import Pool, Upstream
 from .wire import ModelCard, ModelList
 
 __all__ = ["Generation"]

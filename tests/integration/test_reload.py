@@ -70,7 +70,7 @@ def test_reloads_under_load_drop_nothing_and_move_traffic_as_configured(tmp_path
         config_path = Path(facade.argv[facade.argv.index("--config") + 1])
         with support.running(facade):
             stop, failures, served = threading.Event(), [], []
-            clients = [threading.Thread(target=_client, args=(facade, stop, failures, served)) for _ in range(8)]
+            clients = [threading.Thread(target=_client, args=(facade, stop, failures, served)) for _ in range(16)]
             for client in clients:
                 client.start()
             try:

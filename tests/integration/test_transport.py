@@ -8,7 +8,7 @@ import socket
 import httpx
 import pytest
 
-from capibara_facade.transport import AiohttpTransport
+from capibara_facade.upstream.transport import AiohttpTransport
 
 ANSWER = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
 

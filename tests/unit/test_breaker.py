@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from capibara_facade import breaker as breaker_module
-from capibara_facade.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
+from capibara_facade.upstream import breaker as breaker_module
+from capibara_facade.upstream.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
 from tests.fake_clock import Clock, install
 
 

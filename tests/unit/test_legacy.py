@@ -8,7 +8,7 @@ import pytest
 
 from capibara_facade.config import LegacyChatConfig, ServerConfig
 from capibara_facade.errors import InvalidRequest
-from capibara_facade.legacy import to_chat_completion
+from capibara_facade.http.legacy import to_chat_completion
 
 MAX_DEPTH = ServerConfig().max_json_depth
 

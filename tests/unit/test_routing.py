@@ -12,13 +12,13 @@ from typing import Any, TypeVar, cast
 
 import pytest
 
-from capibara_facade import routing as routing_module
-from capibara_facade.breaker import Breaker
 from capibara_facade.catalog import Route
 from capibara_facade.config import RoutingConfig, UpstreamConfig
 from capibara_facade.errors import UpstreamUnavailable
-from capibara_facade.routing import Attempts, Balancer, RetryBudget, Slot, Target, Verdict
-from capibara_facade.upstreams import Upstream
+from capibara_facade.upstream import routing as routing_module
+from capibara_facade.upstream.breaker import Breaker
+from capibara_facade.upstream.routing import Attempts, Balancer, RetryBudget, Slot, Target, Verdict
+from capibara_facade.upstream.upstreams import Upstream
 from tests.fake_clock import Clock, install
 
 T = TypeVar("T")

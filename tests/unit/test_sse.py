@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from capibara_facade.record import RequestRecord
-from capibara_facade.sse import relay
+from capibara_facade.observe.record import RequestRecord
+from capibara_facade.upstream.sse import relay
 
 FRAMES = [b'data: {"a":1}\n\n', b": ping\n\n", b'data: {"b":2}\r\n\r\n', b"data: [DONE]\n\n"]
 

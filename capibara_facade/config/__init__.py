@@ -18,9 +18,9 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-from .config_checks import check
-from .config_environment import apply_environment
-from .config_errors import ConfigError
+from .checks import check
+from .environment import apply_environment
+from .errors import ConfigError
 
 __all__ = [
     "AuthConfig",

@@ -32,8 +32,8 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from .config import ServerConfig
-from .errors import envelope
+from ..config import ServerConfig
+from ..errors import envelope
 
 __all__ = ["LimitedConfig", "LimitedHttpToolsProtocol", "ServerLimits", "raise_open_files_limit"]
 

@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
-from .config_errors import ConfigError
+from .errors import ConfigError
 
 __all__ = ["apply_environment"]
 

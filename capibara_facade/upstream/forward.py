@@ -25,8 +25,8 @@ from contextlib import contextmanager
 import httpx
 import msgspec
 
-from .errors import UpstreamError, UpstreamTimeout, envelope
-from .record import RequestRecord
+from ..errors import UpstreamError, UpstreamTimeout, envelope
+from ..observe.record import RequestRecord
 from .upstreams import Upstream
 
 __all__ = ["Reply", "body_stream", "failed_reply", "open_stream", "passthrough_headers", "send"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import TracingConfig
+from ..config import TracingConfig
 from .record import Outcome, RequestRecord
 
 __all__ = ["Tracing"]

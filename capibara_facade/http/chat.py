@@ -24,18 +24,19 @@ import httpx
 from litestar.handlers import BaseRouteHandler, asgi
 from litestar.types import Receive, Scope, Send
 
-from . import forward, sse, wire
-from .catalog import Model, Route
-from .config import Config
-from .errors import FacadeError, ShuttingDown, UpstreamError, UpstreamUnavailable
+from .. import wire
+from ..catalog import Model, Route
+from ..config import Config
+from ..errors import FacadeError, ShuttingDown, UpstreamError, UpstreamUnavailable
+from ..gateway import Gateway
+from ..generation import Generation
+from ..observe.record import Outcome, RequestRecord
+from ..observe.usage import read_usage
+from ..upstream import forward, sse
+from ..upstream.forward import Reply
+from ..upstream.routing import Attempts, Slot, Verdict
+from ..upstream.upstreams import Upstream
 from .exchange import ClientDisconnected, Exchange
-from .forward import Reply
-from .gateway import Gateway
-from .generation import Generation
-from .record import Outcome, RequestRecord
-from .routing import Attempts, Slot, Verdict
-from .upstreams import Upstream
-from .usage import read_usage
 
 __all__ = ["chat_route"]
 

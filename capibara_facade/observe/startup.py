@@ -9,8 +9,8 @@ import time
 
 import httpx
 
-from . import __version__
-from .config import Config, UpstreamConfig
+from .. import __version__
+from ..config import Config, UpstreamConfig
 
 __all__ = ["startup_report"]
 

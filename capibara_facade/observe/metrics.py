@@ -21,7 +21,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .breaker import STATES
+from ..upstream.breaker import STATES
 from .record import RequestRecord
 
 __all__ = ["CONTENT_TYPE", "Metrics", "mark_dead"]

@@ -27,11 +27,11 @@ from collections.abc import AsyncGenerator
 import httpx
 import msgspec
 
-from .errors import envelope
+from ..errors import envelope
+from ..observe.record import RequestRecord
+from ..observe.usage import Usage
+from ..wire import rename_model
 from .forward import body_stream
-from .record import RequestRecord
-from .usage import Usage
-from .wire import rename_model
 
 __all__ = ["HEADERS", "SHUTDOWN_EVENT", "error_event", "relay"]
 

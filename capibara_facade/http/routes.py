@@ -14,14 +14,14 @@ import msgspec
 from litestar import Request, Response, get
 from litestar.handlers import BaseRouteHandler
 
+from ..config import Config
+from ..errors import FacadeError
+from ..gateway import Gateway
+from ..generation import Generation
+from ..observe.metrics import CONTENT_TYPE
+from ..observe.record import RequestRecord
 from . import legacy
 from .chat import chat_route
-from .config import Config
-from .errors import FacadeError
-from .gateway import Gateway
-from .generation import Generation
-from .metrics import CONTENT_TYPE
-from .record import RequestRecord
 
 __all__ = ["build_routes"]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from litestar.types import Receive, Scope, Send
 
-from .errors import FacadeError, InvalidRequest, MethodNotAllowed, PayloadTooLarge
+from ..errors import FacadeError, InvalidRequest, MethodNotAllowed, PayloadTooLarge
 
 __all__ = ["ClientDisconnected", "Exchange"]
 

@@ -20,9 +20,9 @@ from litestar import Litestar, Request, Response
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
 
-from .config import Config
-from .errors import FacadeError, InvalidRequest, MethodNotAllowed, PayloadTooLarge, RouteNotFound, envelope
-from .gateway import Gateway
+from ..config import Config
+from ..errors import FacadeError, InvalidRequest, MethodNotAllowed, PayloadTooLarge, RouteNotFound, envelope
+from ..gateway import Gateway
 from .routes import build_routes
 
 __all__ = ["create_app"]

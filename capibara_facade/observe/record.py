@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 
-from .catalog import Route
-from .errors import FacadeError, UpstreamError
+from ..catalog import Route
+from ..errors import FacadeError, UpstreamError
 from .usage import Usage
 
 __all__ = ["Outcome", "RequestRecord"]

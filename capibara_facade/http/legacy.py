@@ -14,10 +14,10 @@ from typing import Any
 
 import msgspec
 
-from .config import LegacyChatConfig
-from .errors import InvalidRequest
-from .json_checks import nested_deeper_than
-from .wire import Message, invalid, invalid_json, require_content, too_deeply_nested
+from ..config import LegacyChatConfig
+from ..errors import InvalidRequest
+from ..json_checks import nested_deeper_than
+from ..wire import Message, invalid, invalid_json, require_content, too_deeply_nested
 
 __all__ = ["LegacyChatRequest", "to_chat_completion"]
 

@@ -26,9 +26,9 @@ import random
 import time
 from collections.abc import Sequence
 
-from .catalog import Route
-from .config import RoutingConfig
-from .errors import UpstreamUnavailable
+from ..catalog import Route
+from ..config import RoutingConfig
+from ..errors import UpstreamUnavailable
 from .upstreams import Upstream
 
 __all__ = ["Attempts", "Balancer", "RetryBudget", "Slot", "Target", "Verdict"]

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import msgspec
 
+from ..config import UpstreamConfig
 from .breaker import Breaker
-from .config import UpstreamConfig
 from .transport import AiohttpTransport
 
 __all__ = ["Pool", "Upstream", "UpstreamState"]

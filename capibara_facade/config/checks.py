@@ -10,10 +10,10 @@ import importlib.util
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from .config_errors import ConfigError
+from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .config import Config
+    from . import Config
 
 __all__ = ["check"]
 

@@ -1,0 +1,1 @@
+"""The upstream side: the transport, upstreams and their breakers, picking a target, forwarding, relaying streams."""
