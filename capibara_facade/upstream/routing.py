@@ -155,27 +155,43 @@ def _unavailable(message: str, targets: Sequence[Target], busy: bool = False) ->
 
 class RetryBudget:
     """Retries allowed over a sliding window: at most `percent` of the first attempts seen in it (and always
-    `minimum`, so a quiet facade can still retry). As in Envoy's and Finagle's retry budgets."""
+    `minimum`, so a quiet facade can still retry). As in Envoy's and Finagle's retry budgets.
+
+    Attempts are counted in slices of a thousandth of the window, so memory stays bounded (a thousand counters)
+    however many requests arrive."""
 
     def __init__(self, percent: float, window_seconds: float, minimum: int) -> None:
         self._share = percent / 100
         self._window = window_seconds
+        self._slice = window_seconds / 1000
         self._minimum = minimum
-        self._attempts: collections.deque[float] = collections.deque()
-        self._retries: collections.deque[float] = collections.deque()
+        self._attempts: collections.deque[list[float]] = collections.deque()  # [start of slice, count]
+        self._attempt_count = 0
+        self._retries: collections.deque[float] = collections.deque()  # at most the budget's worth
 
     def attempted(self) -> None:
-        self._attempts.append(time.monotonic())
+        now = time.monotonic()
+        if self._attempts and now - self._attempts[-1][0] < self._slice:
+            self._attempts[-1][1] += 1
+        else:
+            self._attempts.append([now, 1])
+        self._attempt_count += 1
+        self._forget(now)
 
     def allow_retry(self) -> bool:
         now = time.monotonic()
-        for times in (self._attempts, self._retries):
-            while times and now - times[0] > self._window:
-                times.popleft()
-        if len(self._retries) >= max(self._minimum, self._share * len(self._attempts)):
+        self._forget(now)
+        if len(self._retries) >= max(self._minimum, self._share * self._attempt_count):
             return False
         self._retries.append(now)
         return True
+
+    def _forget(self, now: float) -> None:
+        """Drop what is older than the window."""
+        while self._attempts and now - self._attempts[0][0] > self._window:
+            self._attempt_count -= int(self._attempts.popleft()[1])
+        while self._retries and now - self._retries[0] > self._window:
+            self._retries.popleft()
 
 
 class Attempts:

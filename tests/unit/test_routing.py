@@ -346,3 +346,12 @@ def test_the_budget_is_renewed_as_the_window_slides(clock: Clock) -> None:
     assert _allowed(budget, 50) == 0  # still within the window: spent
     clock.now += 5.01
     assert _allowed(budget, 50) == 3  # attempts and retries both expired: the minimum again
+
+
+def test_the_retry_budget_keeps_a_bounded_count_however_many_requests_arrive(clock: Clock) -> None:
+    budget = RetryBudget(20, 10, 0)
+    for _ in range(100_000):  # 100,000 requests over 20 s: twice the window
+        budget.attempted()
+        clock.now += 0.0002
+    assert len(budget._attempts) <= 1001  # slices of the window, not one entry per request
+    assert budget.allow_retry()  # and the budget still counts the last window's attempts
