@@ -10,6 +10,9 @@ and number formatting included).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import msgspec
 from msgspec import Raw, Struct
 
@@ -23,6 +26,7 @@ __all__ = [
     "Message",
     "ModelCard",
     "ModelList",
+    "decoding",
     "hides_usage",
     "invalid",
     "invalid_json",
@@ -55,19 +59,27 @@ _TRUE = Raw(b"true")
 _NULL = Raw(b"null")
 
 
-def read_chat(body: bytes, max_depth: int) -> ChatRequest:
-    """Validate a chat-completion request body: a 400 naming the field for anything the OpenAI spec does not
-    allow, a body nested deeper than `max_depth` (the server's `max_json_depth`) or a top-level key repeated."""
+@contextmanager
+def decoding(body: bytes, max_depth: int) -> Iterator[None]:
+    """Around decoding a request body: refuse it first when it nests deeper than `max_depth` (the server's
+    `max_json_depth`), and turn msgspec's errors into 400s that name the field."""
     if nested_deeper_than(body, max_depth):
         raise too_deeply_nested(max_depth)
     try:
-        chat = _chat_decoder.decode(body)
+        yield
     except msgspec.ValidationError as exc:
         raise invalid(exc) from None
     except msgspec.DecodeError:
         raise invalid_json() from None
     except RecursionError:  # a max_depth above msgspec's own limit (about 1,000 levels)
         raise too_deeply_nested(max_depth) from None
+
+
+def read_chat(body: bytes, max_depth: int) -> ChatRequest:
+    """Validate a chat-completion request body: a 400 naming the field for anything the OpenAI spec does not
+    allow, a body nested deeper than `max_depth` or a top-level key repeated."""
+    with decoding(body, max_depth):
+        chat = _chat_decoder.decode(body)
     repeated = repeated_key(body)
     if repeated is not None:  # msgspec kept the last value, a model server might read the first
         raise InvalidRequest(

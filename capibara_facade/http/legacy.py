@@ -16,8 +16,7 @@ import msgspec
 
 from ..config import LegacyChatConfig
 from ..errors import InvalidRequest
-from ..json_checks import nested_deeper_than
-from ..wire import Message, invalid, invalid_json, require_content, too_deeply_nested
+from ..wire import Message, decoding, invalid, require_content
 
 __all__ = ["LegacyChatRequest", "to_chat_completion"]
 
@@ -40,21 +39,13 @@ _encode = msgspec.json.Encoder().encode
 def to_chat_completion(body: bytes, defaults: LegacyChatConfig, max_depth: int) -> bytes:
     """The OpenAI chat-completion request body for a legacy /api/chat body (validated downstream); a body
     nested deeper than `max_depth` (the server's `max_json_depth`) is refused before it is decoded."""
-    if nested_deeper_than(body, max_depth):
-        raise too_deeply_nested(max_depth)
-    try:
+    with decoding(body, max_depth):
         legacy = _decoder.decode(body)
         for index, turn in enumerate(legacy.messages or ()):
             try:  # here, where the index is still the client's (a system message is put in front below)
                 require_content(_message_decoder.decode(turn), index)
             except msgspec.ValidationError as exc:
                 raise invalid(exc, prefix=f".messages[{index}]") from None
-    except msgspec.ValidationError as exc:
-        raise invalid(exc) from None
-    except msgspec.DecodeError:
-        raise invalid_json() from None
-    except RecursionError:  # a max_depth above msgspec's own limit (about 1,000 levels)
-        raise too_deeply_nested(max_depth) from None
     if not legacy.message and not legacy.messages:
         raise InvalidRequest("Missing required parameter: 'message'.", param="message")
     messages: list[Any] = []
