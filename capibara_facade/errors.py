@@ -11,6 +11,9 @@ its exception class from it (400 BadRequestError, 401 AuthenticationError, 404 N
     ├── ModelNotFound            404 invalid_request_error   code = model_not_found
     ├── RouteNotFound            404 invalid_request_error   code = not_found
     ├── OriginNotAllowed         403 invalid_request_error   code = origin_not_allowed
+    ├── ModelNotAllowed          403 invalid_request_error   code = model_not_allowed
+    ├── RateLimited              429 requests / tokens / insufficient_quota (+ Retry-After, x-ratelimit-*)
+    ├── LimiterUnavailable       503 server_error            code = limiter_unavailable (+ Retry-After)
     ├── MethodNotAllowed         405 invalid_request_error   code = method_not_allowed (+ Allow)
     ├── PayloadTooLarge          413 invalid_request_error   code = request_too_large
     ├── ShuttingDown             503 server_error            code = server_shutdown (+ Retry-After)
@@ -32,10 +35,13 @@ __all__ = [
     "ErrorEnvelope",
     "FacadeError",
     "InvalidRequest",
+    "LimiterUnavailable",
     "MethodNotAllowed",
+    "ModelNotAllowed",
     "ModelNotFound",
     "OriginNotAllowed",
     "PayloadTooLarge",
+    "RateLimited",
     "RouteNotFound",
     "ShuttingDown",
     "UpstreamError",
@@ -136,6 +142,40 @@ class OriginNotAllowed(FacadeError):
     status = 403
     type = "invalid_request_error"
     code = "origin_not_allowed"
+
+
+class ModelNotAllowed(FacadeError):
+    status = 403
+    type = "invalid_request_error"
+    code = "model_not_allowed"
+
+
+class RateLimited(FacadeError):
+    """429: a caller's limit. `type` is the limit's kind as OpenAI names it ("requests", "tokens", or
+    "insufficient_quota" for a spent budget); the headers say when to come back and what is left."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self, message: str, *, limit: str, type: str, code: str, extra_headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        super().__init__(message, code=code)
+        self.limit = limit  # which: requests, tokens, too_large, concurrent, daily
+        self.type = type
+        self.extra_headers = extra_headers
+
+    def headers(self) -> dict[str, str]:
+        return {name.decode(): value.decode() for name, value in self.extra_headers}
+
+
+class LimiterUnavailable(FacadeError):
+    status = 503
+    type = "server_error"
+    code = "limiter_unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
 
 
 class PayloadTooLarge(FacadeError):

@@ -7,7 +7,8 @@ once, for every observer.
 
 Reload: `reload()` reads the config again. A valid one becomes the next generation for new requests, while
 requests and streams in flight finish on the one they started with; an invalid one, or one that changes what
-only a restart can (the [server] section: listen address, workers, limits; CORS, metrics, request log, tracing),
+only a restart can (the [server] section: listen address, workers, limits; CORS, metrics, request log, tracing,
+and where the rate limits live),
 is refused and the old config kept. Either way the result is logged, counted
 (`capibara_config_reloads_total{result}`, `capibara_config_generation`) and shown in /health.
 """
@@ -22,7 +23,11 @@ from collections.abc import Callable, Iterator
 
 import msgspec
 
+from .callers.identity import Caller, Callers
+from .callers.limiter import Admission, Limiter
+from .callers.tokens import completion_bound, estimate_prompt_tokens
 from .catalog import Model
+from .chat_request import ChatRequest
 from .config import Config, ConfigError, UpstreamConfig
 from .generation import Generation
 from .observe.metrics import Metrics
@@ -38,7 +43,7 @@ __all__ = ["Gateway", "ReloadResult"]
 log = logging.getLogger(__name__)
 
 # What a reload cannot change: the listening socket and its limits, the processes, and the observers.
-_RESTART_ONLY = ("server", "cors", "metrics", "request_log", "tracing")
+_RESTART_ONLY = ("server", "cors", "metrics", "request_log", "tracing", "limits")
 
 
 class ReloadResult(msgspec.Struct):
@@ -53,7 +58,11 @@ class Gateway:
         self._load = load  # reads the config again, for reload(); None: the config cannot be reloaded
         # Several workers share their metrics through files (the CLI sets up the directory before they start).
         shared_dir = config.metrics.multiprocess_dir if config.server.workers > 1 else None
-        self.metrics = Metrics([model.name for model in config.models], shared_dir) if config.metrics.enabled else None
+        self.metrics = (
+            Metrics([model.name for model in config.models], shared_dir, _caller_names(config))
+            if config.metrics.enabled
+            else None
+        )
         self.request_log = RequestLog(config.request_log.path) if config.request_log.enabled else None
         self.tracing = Tracing(config.tracing) if config.tracing.enabled else None
         routing = config.routing
@@ -61,9 +70,11 @@ class Gateway:
         self.retry_budget = RetryBudget(
             routing.retry_budget_percent, routing.retry_budget_window_seconds, routing.retry_budget_minimum
         )
+        self.limiter = Limiter(config.limits, self.metrics.set_limiter_up if self.metrics is not None else None)
         self.current = Generation(1, config, self._upstream)
         self.last_reload = ReloadResult("ok", 1)
         self._watching: asyncio.Task[None] | None = None
+        self._renewing: asyncio.Task[None] | None = None
         self._retired: dict[asyncio.Task[None], Upstream] = {}  # closing once idle
 
     @property
@@ -86,14 +97,26 @@ class Gateway:
         if self.tracing is not None:
             self.tracing.start(record, traceparent)
 
-    def account(self, record: RequestRecord) -> None:
-        """The request is over: every observer reads its record, once."""
+    async def limit(self, caller: Caller, chat: ChatRequest, model: Model) -> Admission | None:
+        """The caller's limits, before anything is forwarded: 429 when one is reached. The request's tokens
+        are reserved here (its prompt, estimated, and the most its answer may use) and settled by `account`."""
+        if caller.limits is None:
+            return None
+        prompt = estimate_prompt_tokens(chat)
+        caps = (caller.max_tokens, model.routes[0].max_tokens)
+        reserve = prompt + completion_bound(chat, caps, self.config.limits.default_reserve_tokens)
+        return await self.limiter.admit(caller, reserve, prompt)
+
+    async def account(self, record: RequestRecord) -> None:
+        """The request is over: every observer reads its record, once; then the limiter settles its tokens."""
         if self.metrics is not None:
             self.metrics.observe(record)
         if self.request_log is not None:
             self.request_log.write(record)
         if self.tracing is not None:
             self.tracing.end(record)
+        if (admission := record.admission) is not None:
+            await self.limiter.settle(admission, record.tokens_used(admission.prompt_estimate, admission.reserved))
 
     @contextlib.contextmanager
     def streaming(self) -> Iterator[None]:
@@ -129,6 +152,7 @@ class Gateway:
         self.balancer.config = config.routing
         if self.metrics is not None:
             self.metrics.set_models(model.name for model in config.models)
+            self.metrics.set_callers(_caller_names(config))
         for upstream in previous.retired(self.current):
             closing = asyncio.ensure_future(upstream.close_when_idle())
             self._retired[closing] = upstream
@@ -147,7 +171,9 @@ class Gateway:
         """Background work for the app's lifetime: with metrics on, the upstreams are probed continually."""
         if self.metrics is not None:
             self.metrics.reloaded(None, self.current.number)
+            self.metrics.set_limiter_up(True)
         self._watch()
+        self._renewing = asyncio.ensure_future(self.limiter.renew_leases())
 
     def _watch(self) -> None:
         if self.metrics is None:
@@ -163,10 +189,12 @@ class Gateway:
             self.metrics.set_upstream_up(name, bool(state.reachable))
 
     async def aclose(self) -> None:
-        if self._watching is not None:
-            self._watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watching
+        for task in (self._watching, self._renewing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.limiter.aclose()
         for closing, upstream in list(self._retired.items()):
             closing.cancel()
             await upstream.aclose()
@@ -186,3 +214,8 @@ def _changed_keys(section: str, old: msgspec.Struct, new: msgspec.Struct) -> str
     old_values, new_values = msgspec.structs.asdict(old), msgspec.structs.asdict(new)
     changed = [key for key in old_values if old_values[key] != new_values[key]]
     return ", ".join(f"{section}.{key} ({old_values[key]!r} -> {new_values[key]!r})" for key in changed) or section
+
+
+def _caller_names(config: Config) -> list[str]:
+    """The `caller` label's values: the configured callers and "public" (bounded by the config)."""
+    return Callers(config).names

@@ -1,4 +1,5 @@
-"""A generation: everything a request needs that a config reload can change, built from one config.
+"""A generation: everything a request needs that a config reload can change, built from one config:
+the catalog, the upstreams and their targets, the callers and their keys, the allowed origins.
 
 A request takes the gateway's current generation once, when it arrives, and uses only that one to the end,
 so a reload never changes the rules under a request or a stream in flight. A new generation reuses the
@@ -8,15 +9,15 @@ requests in flight carry over); the upstreams it no longer has are closed once t
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
+from .callers.identity import Caller, Callers
 from .catalog import Catalog, Model
 from .config import Config, UpstreamConfig
-from .errors import AuthenticationFailed, OriginNotAllowed
+from .errors import OriginNotAllowed
 from .upstream.routing import Attempts, Balancer, RetryBudget, Target
 from .upstream.upstreams import Pool, Upstream
 from .wire import ModelCard, ModelList
@@ -45,7 +46,8 @@ class Generation:
             }
         )
         self._targets = {model.public_name: self._targets_of(model) for model in self.catalog.models()}
-        self._api_keys = tuple(key.encode() for key in config.auth.api_keys)
+        self.callers = Callers(config)
+        self._models_bodies: dict[frozenset[str], bytes] = {}  # by the set of models a caller may use
         origins = config.cors.allow_origins
         self._origins = None if "*" in origins else frozenset(origin.encode() for origin in origins)
         self.models_body = _encode(ModelList([self.card(model) for model in self.catalog.models()]))
@@ -61,19 +63,15 @@ class Generation:
         if origin is not None and self._origins is not None and origin not in self._origins:
             raise OriginNotAllowed(f"Requests from the origin {origin.decode('latin-1')!r} are not allowed.")
 
-    def authenticate(self, authorization: bytes | None) -> None:
-        """Accept the request when no keys are configured, or when it carries one of them as a Bearer token."""
-        if not self._api_keys:
-            return
-        scheme, _, token = (authorization or b"").partition(b" ")
-        if scheme.lower() != b"bearer" or not token:
-            raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer <key>'.")
-        # Compare against every key in constant time, so timing reveals neither key nor position.
-        matched = False
-        for key in self._api_keys:
-            matched |= hmac.compare_digest(token.strip(), key)
-        if not matched:
-            raise AuthenticationFailed("Incorrect API key provided.")
+    def models_body_for(self, caller: Caller) -> bytes:
+        """/v1/models as this caller sees it: only the models it may use."""
+        if caller.models is None:
+            return self.models_body
+        body = self._models_bodies.get(caller.models)
+        if body is None:
+            cards = [self.card(model) for model in self.catalog.models() if model.public_name in caller.models]
+            body = self._models_bodies[caller.models] = _encode(ModelList(cards))
+        return body
 
     def attempts(self, model: Model, affinity_key: str | None, balancer: Balancer, budget: RetryBudget) -> Attempts:
         """The targets a request for `model` may try: its own, then its fallbacks' (see routing.py)."""

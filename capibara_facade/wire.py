@@ -138,10 +138,12 @@ def hides_usage(chat: ChatRequest, route: Route) -> bool:
     return bool(route.stream_usage and chat.stream and not asked)
 
 
-def upstream_body(body: bytes, chat: ChatRequest, route: Route) -> bytes:
+def upstream_body(body: bytes, chat: ChatRequest, route: Route, caller_cap: int | None = None) -> bytes:
     """The body to send upstream: the client's own bytes, or with only the fields a route demands changed:
-    `model`, declared defaults and caps, streamed usage, and the upstream's compatibility fixes."""
+    `model`, declared defaults and caps (the route's, and the caller's: the lower wins), streamed usage, and
+    the upstream's compatibility fixes."""
     add_usage = hides_usage(chat, route)
+    cap = route.max_tokens if caller_cap is None else min(caller_cap, route.max_tokens or caller_cap)
     compat = route.compat
     mirror_max_tokens = (
         compat.max_tokens_from_max_completion_tokens
@@ -152,22 +154,22 @@ def upstream_body(body: bytes, chat: ChatRequest, route: Route) -> bytes:
         isinstance(message, AssistantMessage) and message.content is None and message.tool_calls
         for message in chat.messages
     )
-    if not (route.rewrites_request or add_usage or mirror_max_tokens or fill_content):
+    if not (route.rewrites_request or add_usage or mirror_max_tokens or fill_content or caller_cap is not None):
         return body
     fields = _fields_decoder.decode(body)
     fields["model"] = Raw(_encode(route.upstream_model))
     for key, value in route.defaults.items():
         if fields.get(key, _NULL) == _NULL:
             fields[key] = value
-    if route.max_tokens is not None:
+    if cap is not None:
         # On the final fields, so that neither the client nor a default gets past the ceiling.
-        cap = Raw(_encode(route.max_tokens))
+        capped = Raw(_encode(cap))
         asked = [key for key in ("max_tokens", "max_completion_tokens") if fields.get(key, _NULL) != _NULL]
         for key in asked:
-            if _number_decoder.decode(fields[key]) > route.max_tokens:
-                fields[key] = cap
+            if _number_decoder.decode(fields[key]) > cap:
+                fields[key] = capped
         if not asked:
-            fields["max_tokens"] = cap
+            fields["max_tokens"] = capped
     if mirror_max_tokens:
         fields["max_tokens"] = fields["max_completion_tokens"]  # after the cap, so the ceiling holds for both
     if add_usage:  # the client's other stream options are kept

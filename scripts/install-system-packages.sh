@@ -16,10 +16,12 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian's prometheus package starts its own server on :9090 wherever services may start (policy-rc.d allows
 # it, systemd runs). The tests run theirs on free ports; a resident one would only scrape and use memory.
-if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+# The same for redis-server (:6379).
+for service in prometheus redis-server; do
+  [[ " ${missing[*]} " == *" $service "* ]] || continue
   if [ -d /run/systemd/system ]; then
-    $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
-  elif [ -x /etc/init.d/prometheus ]; then
-    $SUDO /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    $SUDO systemctl disable --now "$service" >/dev/null 2>&1 || true
+  elif [ -x "/etc/init.d/$service" ]; then
+    $SUDO "/etc/init.d/$service" stop >/dev/null 2>&1 || true
   fi
-fi
+done

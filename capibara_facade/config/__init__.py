@@ -18,19 +18,25 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
+from .base import Base, Port, PositiveFloat, PositiveInt
+from .callers import CallerConfig, LimitsConfig, PublicConfig, QuotaConfig, resolve_keys
 from .checks import check
 from .environment import apply_environment
 from .errors import ConfigError
 
 __all__ = [
     "AuthConfig",
+    "CallerConfig",
     "CompatConfig",
     "Config",
     "ConfigError",
     "CorsConfig",
     "LegacyChatConfig",
+    "LimitsConfig",
     "MetricsConfig",
     "ModelConfig",
+    "PublicConfig",
+    "QuotaConfig",
     "RequestLogConfig",
     "RoutingConfig",
     "ServerConfig",
@@ -49,13 +55,6 @@ MODELS_EUROPE_IDS = (
 )
 
 T = TypeVar("T")
-PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
-PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
-Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
-
-
-class Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Policy for every config section: immutable, and a misspelt key is an error, not a silent default."""
 
 
 class ServerConfig(Base, frozen=True):
@@ -89,6 +88,9 @@ class ServerConfig(Base, frozen=True):
     max_json_depth: PositiveInt = 64
     # An upstream SSE event larger than this ends the stream with an error event (memory stays bounded).
     max_sse_event_bytes: PositiveInt = 1024 * 1024
+    # Peers whose X-Forwarded-For / X-Real-IP is believed (addresses or networks: nginx's, a load balancer's).
+    # From anyone else those headers are ignored, so a client cannot choose the address it is limited by.
+    trusted_proxies: tuple[str, ...] = ()
     # uvicorn's access log costs ~20% CPU per request; off unless asked for.
     access_log: bool = False
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "warning"
@@ -253,8 +255,12 @@ class TracingConfig(Base, frozen=True):
 
 
 class AuthConfig(Base, frozen=True):
-    # Bearer keys accepted from clients. Empty: the facade is open (the frontend sends no key today).
+    # Plain Bearer keys, each an unlimited caller named key-1, key-2, ... (kept from before [callers]; prefer
+    # [callers], whose file holds only hashes). With keys and no [public] tier, every request needs a key.
     api_keys: tuple[str, ...] = ()
+    # A model a caller may not use: 404 model_not_found, as if it did not exist (what OpenAI answers, and what
+    # its /v1/models shows), or 403 model_not_allowed (clearer to a developer, but confirms the model exists).
+    hide_forbidden_models: bool = True
 
 
 def _default_models() -> tuple[ModelConfig, ...]:
@@ -272,6 +278,9 @@ class Config(Base, frozen=True):
     legacy_chat: LegacyChatConfig = LegacyChatConfig()
     cors: CorsConfig = CorsConfig()
     auth: AuthConfig = AuthConfig()
+    callers: dict[str, CallerConfig] = {}
+    public: PublicConfig = PublicConfig()
+    limits: LimitsConfig = LimitsConfig()
     routing: RoutingConfig = RoutingConfig()
     metrics: MetricsConfig = MetricsConfig()
     request_log: RequestLogConfig = RequestLogConfig()
@@ -292,10 +301,14 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     if apply_environment(raw, environ or {}):
         source += " + CAPIBARA_* environment / command-line options"
     try:
-        # Upstreams one by one first: msgspec names a dict entry `[...]`, and the name is what an operator needs.
+        # Upstreams and callers one by one first: msgspec names a dict entry `[...]`, and the name is what an
+        # operator needs.
         for name, table in raw.get("upstreams", {}).items():
             _convert(table, UpstreamConfig, f"upstreams.{name}")
+        for name, table in raw.get("callers", {}).items():
+            _convert(table, CallerConfig, f"callers.{name}")
         config = _convert(raw, Config, "")
+        config = msgspec.structs.replace(config, callers=resolve_keys(config.callers, environ or {}))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     check(config)

@@ -7,6 +7,8 @@ credentials is refused without being shown).
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
+import re
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -15,7 +17,7 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from . import Config
 
-__all__ = ["check"]
+__all__ = ["check", "warnings"]
 
 
 def check(config: Config) -> None:
@@ -31,9 +33,27 @@ def check(config: Config) -> None:
         raise ConfigError("tracing.enabled: true needs OpenTelemetry: pip install 'capibara-facade[otel]'")
     if tracing.enabled and tracing.exporter == "file" and not tracing.path:
         raise ConfigError("tracing.path: the file exporter needs a path")
+    _check_callers(config, names)
     for origin in config.cors.allow_origins:
         if origin != "*" and not urlsplit(origin).scheme:
             raise ConfigError(f"cors.allow_origins: {origin!r} is not an origin like https://example.com")
+
+
+def warnings(config: Config) -> list[str]:
+    """What is valid but probably not what the operator wants (shown by check-config and at start)."""
+    found = []
+    limited = config.public.limited or any(caller.limited for caller in config.callers.values())
+    if limited and config.server.workers > 1 and config.limits.redis_url is None:
+        found.append(
+            f"server.workers is {config.server.workers} and limits.redis_url is not set: each worker keeps its own "
+            f"limits, so a caller gets up to {config.server.workers}x its limits; set limits.redis_url to share them"
+        )
+    if config.public.limited and not config.server.trusted_proxies:
+        found.append(
+            "public limits apply per client address, and server.trusted_proxies is empty: behind a proxy every "
+            "visitor has the proxy's address; list the proxy's address there"
+        )
+    return found
 
 
 def _check_upstreams(config: Config) -> None:
@@ -93,3 +113,38 @@ def _check_models(config: Config) -> set[str]:
                 what = "is the model itself" if fallback == model.name else "is not a configured model name"
                 raise ConfigError(f"models[{index}].fallbacks[{position}]: {fallback!r} {what}")
     return names
+
+
+_CALLER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _check_callers(config: Config, names: set[str]) -> None:
+    """Caller names (they become metric labels), their keys, the models they list, and the limiter's place."""
+    digests: dict[str, str] = {}
+    for name, caller in config.callers.items():
+        if not _CALLER_NAME.fullmatch(name) or name == "public":
+            raise ConfigError(
+                f"callers.{name}: a caller's name is 1-64 letters, digits, '_', '.' or '-', and not 'public'"
+            )
+        assert caller.key_sha256 is not None  # resolve_keys() gave every caller one
+        if caller.key_sha256 in digests:
+            raise ConfigError(f"callers.{name}: has the same key as callers.{digests[caller.key_sha256]}")
+        digests[caller.key_sha256] = name
+    if config.public.enabled is False and not digests and not config.auth.api_keys:
+        raise ConfigError("public.enabled: false needs at least one key in [callers] (or nobody could call)")
+    quotas = [(f"callers.{name}", caller) for name, caller in config.callers.items()]
+    for where, quota in [*quotas, ("public", config.public)]:
+        for position, model in enumerate(quota.models):
+            if model not in names:
+                raise ConfigError(f"{where}.models[{position}]: {model!r} is not a configured model name")
+    for position, proxy in enumerate(config.server.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"server.trusted_proxies[{position}]: {proxy!r} is not an address or network like 10.0.0.0/8"
+            ) from None
+    redis_url = config.limits.redis_url
+    if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        # The URL itself is not shown: it may carry a password.
+        raise ConfigError("limits.redis_url: must be a redis://, rediss:// or unix:// URL")

@@ -1,6 +1,10 @@
 """The chat path, `POST /v1/chat/completions` and `POST /api/chat`, one request straight through:
 
-    receive → authenticate → validate → resolve alias → pick target → forward (stream or not) → account
+    receive → authenticate → validate → resolve alias → limit → pick target → forward (stream or not) → account
+
+The caller's limits are checked once the body is validated and the model resolved: the token reservation
+needs the request's max_tokens and the model's cap (an invalid request never reaches a model server, so it
+costs no more than its 400). The reservation is settled by `Gateway.account()`.
 
 `pick target → forward` may run again, on another target or a fallback model, while the client has not had a
 byte: after a connect error, an upstream 502/503/504, or a 429 whose Retry-After is short (routing.py says
@@ -25,6 +29,7 @@ from litestar.handlers import BaseRouteHandler, asgi
 from litestar.types import Receive, Scope, Send
 
 from .. import wire
+from ..callers.identity import Caller
 from ..catalog import Model, Route
 from ..config import Config
 from ..errors import FacadeError, ShuttingDown, UpstreamError, UpstreamUnavailable
@@ -61,9 +66,13 @@ def chat_route(
         try:
             exchange.require_method("POST")
             generation.admit_origin(exchange.origin)
-            generation.authenticate(exchange.authorization)  # before the body: strangers get no buffer
+            # Before the body: strangers get no buffer.
+            caller = generation.callers.identify(
+                exchange.authorization, exchange.peer, exchange.forwarded_for, exchange.real_ip
+            )
+            record.caller = caller.name
             body = await exchange.read_body(body_limit)
-            await _relay_chat(gateway, generation, exchange, record, to_chat_request(body, generation.config))
+            await _relay_chat(gateway, generation, exchange, record, caller, to_chat_request(body, generation.config))
         except FacadeError as error:
             record.refused(error)
             await exchange.respond_error(error)
@@ -81,36 +90,39 @@ def chat_route(
                 await exchange.respond_error(FacadeError("The server failed to handle the request."))
         finally:
             record.finish(exchange.status, exchange.bytes_out)
-            gateway.account(record)
+            await gateway.account(record)
 
     return relay_route
 
 
 async def _relay_chat(
-    gateway: Gateway, generation: Generation, exchange: Exchange, record: RequestRecord, body: bytes
+    gateway: Gateway, generation: Generation, exchange: Exchange, record: RequestRecord, caller: Caller, body: bytes
 ) -> None:
     chat = wire.read_chat(body, generation.config.server.max_json_depth)
     record.asked(chat.model, bool(chat.stream))
     model = generation.catalog.resolve(chat.model)
+    generation.callers.check_model(caller, model.public_name)
+    record.admission = await gateway.limit(caller, chat, model)
     attempts = gateway.attempts(generation, model, _affinity_key(model, chat, exchange))
+    upstream_request = _UpstreamRequest(body, chat, caller.max_tokens)
     async with exchange.cancel_on_disconnect():
         if chat.stream:
-            reply = await _stream(gateway, exchange, record, chat, body, attempts)
+            reply = await _stream(gateway, exchange, record, upstream_request, attempts)
         else:
-            reply = await _whole_answer(gateway, exchange, record, chat, body, attempts)
+            reply = await _whole_answer(gateway, exchange, record, upstream_request, attempts)
     if reply is not None:
         if reply.failure is not None:
             record.upstream_failed(reply.failure)
-        await exchange.respond(reply.status, [*reply.headers, *_served_headers(record)], reply.content)
+        await exchange.respond(reply.status, _answer_headers(reply.headers, record), reply.content)
 
 
 async def _whole_answer(
-    gateway: Gateway, exchange: Exchange, record: RequestRecord, chat: wire.ChatRequest, body: bytes, attempts: Attempts
+    gateway: Gateway, exchange: Exchange, record: RequestRecord, request: _UpstreamRequest, attempts: Attempts
 ) -> Reply:
     reply: Reply | None = None
     while (slot := await _next_slot(attempts, reply)) is not None:
         route = slot.target.route
-        reply = await _attempt(forward.send, slot, attempts, exchange, record, wire.upstream_body(body, chat, route))
+        reply = await _attempt(forward.send, slot, attempts, exchange, record, request.body_for(route))
         attempts.release(slot, _verdict(reply))
         # A whole answer that timed out is not tried again: the upstream may still be generating it.
         if not (_worth_retrying(reply, gateway) and attempts.may_retry()):
@@ -125,14 +137,13 @@ async def _whole_answer(
 
 
 async def _stream(
-    gateway: Gateway, exchange: Exchange, record: RequestRecord, chat: wire.ChatRequest, body: bytes, attempts: Attempts
+    gateway: Gateway, exchange: Exchange, record: RequestRecord, request: _UpstreamRequest, attempts: Attempts
 ) -> Reply | None:
     """Relay the stream; or, when every attempt was refused before streaming, the last refusal to answer with."""
     reply: Reply | None = None
     while (slot := await _next_slot(attempts, reply)) is not None:
         route = slot.target.route
-        upstream_body = wire.upstream_body(body, chat, route)
-        opened = await _attempt(forward.open_stream, slot, attempts, exchange, record, upstream_body)
+        opened = await _attempt(forward.open_stream, slot, attempts, exchange, record, request.body_for(route))
         if isinstance(opened, Reply):  # refused before streaming: another target may take it
             reply = opened
             attempts.release(slot, _verdict(reply))
@@ -142,7 +153,7 @@ async def _stream(
             continue
         verdict = Verdict.NONE
         try:
-            await _relay_events(gateway, exchange, record, chat, opened, route)
+            await _relay_events(gateway, exchange, record, request.chat, opened, route)
             verdict = Verdict.FAILURE if record.upstream_error else Verdict.SUCCESS
         finally:
             await opened.aclose()
@@ -170,7 +181,7 @@ async def _relay_events(
     try:
         with gateway.streaming():
             async with aclosing(events):
-                headers = [*forward.passthrough_headers(opened), *sse.HEADERS, *_served_headers(record)]
+                headers = _answer_headers([*forward.passthrough_headers(opened), *sse.HEADERS], record)
                 await exchange.start(opened.status_code, headers)
                 async for chunk in events:
                     await exchange.write(chunk)
@@ -213,9 +224,27 @@ async def _next_slot(attempts: Attempts, failed: Reply | None) -> Slot | None:
         return None
 
 
-def _served_headers(record: RequestRecord) -> list[tuple[bytes, bytes]]:
-    """Server-Timing; and, when a fallback model served the request, which one."""
-    headers = [record.server_timing()]
+class _UpstreamRequest:
+    """The client's request, and the body each target gets (see `wire.upstream_body`)."""
+
+    __slots__ = ("body", "chat", "max_tokens")
+
+    def __init__(self, body: bytes, chat: wire.ChatRequest, max_tokens: int | None) -> None:
+        self.body, self.chat, self.max_tokens = body, chat, max_tokens  # max_tokens: the caller's cap
+
+    def body_for(self, route: Route) -> bytes:
+        return wire.upstream_body(self.body, self.chat, route, self.max_tokens)
+
+
+def _answer_headers(headers: list[tuple[bytes, bytes]], record: RequestRecord) -> list[tuple[bytes, bytes]]:
+    """The answer's headers: the upstream's (already filtered), Server-Timing, which model served it when a
+    fallback did, and the caller's own rate-limit state, which replaces any the upstream sent (those describe
+    the facade's key at the upstream, not the client's limits)."""
+    admission = record.admission
+    if admission is not None and admission.headers:
+        headers = [header for header in headers if not header[0].startswith(b"x-ratelimit-")]
+        headers.extend(admission.headers)
+    headers.append(record.server_timing())
     if record.served_by is not None and record.served_by != record.model:
         headers.append((b"x-capibara-served-model", record.served_by.encode()))
     return headers

@@ -43,7 +43,9 @@ class Exchange:
         "authorization",
         "bytes_out",
         "content_length",
+        "forwarded_for",
         "origin",
+        "real_ip",
         "receive",
         "request_id",
         "scope",
@@ -67,6 +69,8 @@ class Exchange:
         self.traceparent: bytes | None = None
         self.session_id: bytes | None = None
         self.content_length: int | None = None
+        self.forwarded_for: bytes | None = None  # only believed from a trusted proxy (callers/client_address.py)
+        self.real_ip: bytes | None = None
         request_id: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -81,6 +85,10 @@ class Exchange:
                 self.traceparent = value
             elif name == b"x-session-id":
                 self.session_id = value
+            elif name == b"x-forwarded-for":  # several headers mean one list, in order
+                self.forwarded_for = value if self.forwarded_for is None else self.forwarded_for + b"," + value
+            elif name == b"x-real-ip":
+                self.real_ip = value
         # Returned to the client and sent upstream, so one id follows a request through every log. Upstreams
         # get it in UUID form: llama.cpp's server answers an empty 400 to any other X-Request-ID. A client's
         # own non-UUID id is mapped to a stable UUID (uuid5), so the two logs can still be joined.
@@ -89,6 +97,12 @@ class Exchange:
         else:
             self.request_id = request_id.decode()
             self.upstream_request_id = _as_uuid(self.request_id)
+
+    @property
+    def peer(self) -> str | None:
+        """The TCP peer's address (nginx's, behind nginx)."""
+        client = self.scope.get("client")
+        return client[0] if client else None
 
     def require_method(self, method: str) -> None:
         used = self.scope.get("method")

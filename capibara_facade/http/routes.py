@@ -14,6 +14,7 @@ import msgspec
 from litestar import Request, Response, get
 from litestar.handlers import BaseRouteHandler
 
+from ..callers.identity import Caller
 from ..config import Config
 from ..errors import FacadeError
 from ..gateway import Gateway
@@ -32,13 +33,22 @@ _JSON = "application/json"
 
 
 def build_routes(gateway: Gateway) -> list[BaseRouteHandler]:
-    def models_answer(request: Request[Any, Any, Any], body_of: Callable[[Generation], bytes]) -> Response[bytes]:
+    async def models_answer(
+        request: Request[Any, Any, Any], body_of: Callable[[Generation, Caller], bytes]
+    ) -> Response[bytes]:
         generation = gateway.current
         record = RequestRecord("models", request.headers.get("x-request-id") or os.urandom(16).hex())
         status, body = 200, b""
         try:
-            generation.authenticate(_authorization(request))
-            body = body_of(generation)
+            headers = request.headers
+            caller = generation.callers.identify(
+                _header(headers.get("authorization")),
+                request.client.host if request.client else None,
+                _header(headers.get("x-forwarded-for")),
+                _header(headers.get("x-real-ip")),
+            )
+            record.caller = caller.name
+            body = body_of(generation, caller)
             return Response(body, media_type=_JSON)
         except FacadeError as error:  # rendered by the app's handler
             record.refused(error)
@@ -46,22 +56,29 @@ def build_routes(gateway: Gateway) -> list[BaseRouteHandler]:
             raise
         finally:
             record.finish(status, len(body))
-            gateway.account(record)
+            await gateway.account(record)
 
-    @get("/v1/models", sync_to_thread=False)
-    def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
-        return models_answer(request, lambda generation: generation.models_body)
+    @get("/v1/models")
+    async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
+        """The models the caller may use."""
+        return await models_answer(request, lambda generation, caller: generation.models_body_for(caller))
 
-    @get("/v1/models/{model_id:str}", sync_to_thread=False)
-    def retrieve_model(request: Request[Any, Any, Any], model_id: str) -> Response[bytes]:
-        return models_answer(request, lambda generation: _encode(generation.card(generation.catalog.get(model_id))))
+    @get("/v1/models/{model_id:str}")
+    async def retrieve_model(request: Request[Any, Any, Any], model_id: str) -> Response[bytes]:
+        def card(generation: Generation, caller: Caller) -> bytes:
+            model = generation.catalog.get(model_id)
+            generation.callers.check_model(caller, model.public_name)
+            return _encode(generation.card(model))
+
+        return await models_answer(request, card)
 
     @get("/health")
     async def health() -> Response[bytes]:
-        """Liveness: the facade answers; each upstream's last known state is reported, never waited for; and
-        which config generation is in use, with the last reload's result."""
+        """Liveness: the facade answers; each upstream's last known state is reported, never waited for;
+        which config generation is in use, with the last reload's result; and whether the rate limits' store
+        answers."""
         states = gateway.current.pool.last_states()
-        body = {"status": "ok", "upstreams": states, "config": gateway.last_reload}
+        body = {"status": "ok", "upstreams": states, "config": gateway.last_reload, "limiter": gateway.limiter.state()}
         return Response(_encode(body), media_type=_JSON)
 
     @get("/ready")
@@ -96,6 +113,5 @@ def build_routes(gateway: Gateway) -> list[BaseRouteHandler]:
     return routes
 
 
-def _authorization(request: Request[Any, Any, Any]) -> bytes | None:
-    value = request.headers.get("authorization")
+def _header(value: str | None) -> bytes | None:
     return value.encode("latin-1") if value is not None else None

@@ -36,14 +36,17 @@ OTHER_MODEL = "other"
 
 
 class Metrics:
-    def __init__(self, model_names: Iterable[str], multiprocess_dir: str | None) -> None:
+    def __init__(
+        self, model_names: Iterable[str], multiprocess_dir: str | None, caller_names: Iterable[str] = ()
+    ) -> None:
         self._models = frozenset(model_names)
+        self._callers = frozenset(caller_names)
         self._multiprocess_dir = multiprocess_dir
         registry = self._registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter(
             "capibara_requests",
-            "Requests answered, by route, public model, upstream, HTTP status and streaming.",
-            ["route", "model", "upstream", "status", "stream"],
+            "Requests answered, by route, public model, upstream, HTTP status, streaming and caller.",
+            ["route", "model", "upstream", "status", "stream", "caller"],
             registry=registry,
         )
         self.duration = Histogram(
@@ -75,7 +78,22 @@ class Metrics:
             registry=registry,
         )
         self.tokens = Counter(
-            "capibara_tokens", "Tokens the upstreams reported, by kind.", ["model", "kind"], registry=registry
+            "capibara_tokens",
+            "Tokens the upstreams reported, by kind and caller.",
+            ["model", "kind", "caller"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "capibara_rate_limited",
+            "Requests refused by a caller's limit, by caller and limit (requests, tokens, concurrent, daily...)",
+            ["caller", "limit"],
+            registry=registry,
+        )
+        self.limiter_up = Gauge(
+            "capibara_limiter_up",
+            "1 while the rate limits' store answers (always 1 for in-process limits), else 0.",
+            multiprocess_mode="livemin",
+            registry=registry,
         )
         self.usage_missing = Counter(
             "capibara_usage_missing",
@@ -142,6 +160,13 @@ class Metrics:
         """After a reload: the public names that are labels of their own (any other is "other")."""
         self._models = frozenset(model_names)
 
+    def set_callers(self, caller_names: Iterable[str]) -> None:
+        """After a reload: the callers that are labels of their own."""
+        self._callers = frozenset(caller_names)
+
+    def set_limiter_up(self, up: bool) -> None:
+        self.limiter_up.set(1 if up else 0)
+
     def reloaded(self, result: str | None, generation: int) -> None:
         if result is not None:
             self._child(self.reloads, result).inc()
@@ -156,8 +181,11 @@ class Metrics:
         model = self.model_label(record.model)
         upstream = record.upstream or ""
         stream = "true" if record.stream else "false"
+        caller = record.caller if record.caller in self._callers else ""
         child = self._child
-        child(self.requests, record.route, model, upstream, str(record.status), stream).inc()
+        child(self.requests, record.route, model, upstream, str(record.status), stream, caller).inc()
+        if record.limited is not None:
+            child(self.rate_limited, caller, record.limited).inc()
         child(self.duration, record.route, model, stream).observe(record.duration)
         overhead = record.overhead
         if overhead is not None:
@@ -170,9 +198,9 @@ class Metrics:
         if ttft is not None:
             child(self.ttft, model, upstream).observe(ttft)
         if record.prompt_tokens is not None:
-            child(self.tokens, model, "prompt").inc(record.prompt_tokens)
+            child(self.tokens, model, "prompt", caller).inc(record.prompt_tokens)
         if record.completion_tokens is not None:
-            child(self.tokens, model, "completion").inc(record.completion_tokens)
+            child(self.tokens, model, "completion", caller).inc(record.completion_tokens)
             tokens_after_first = record.completion_tokens - 1
             if record.first_token_at is not None and record.finished_at is not None and tokens_after_first > 0:
                 per_token = (record.finished_at - record.first_token_at) / tokens_after_first

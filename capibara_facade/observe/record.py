@@ -10,10 +10,14 @@ Times are `time.perf_counter()` readings; `None` means the stage was never reach
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from ..catalog import Route
-from ..errors import FacadeError, UpstreamError
+from ..errors import FacadeError, RateLimited, UpstreamError
 from .usage import Usage
+
+if TYPE_CHECKING:
+    from ..callers.limiter import Admission
 
 __all__ = ["Outcome", "RequestRecord"]
 
@@ -32,11 +36,14 @@ class Outcome:
 
 class RequestRecord:
     __slots__ = (
+        "admission",
         "bytes_out",
+        "caller",
         "completion_tokens",
         "disconnect_phase",
         "finished_at",
         "first_token_at",
+        "limited",
         "model",
         "outcome",
         "output_events",
@@ -62,6 +69,9 @@ class RequestRecord:
         self.route = route
         self.request_id = request_id
         self.received_at = time.perf_counter()
+        self.caller: str | None = None  # the caller's name ("public" without a key), once authenticated
+        self.admission: Admission | None = None  # what the limiter reserved, settled by the accounting
+        self.limited: str | None = None  # the limit that refused the request (requests, tokens, daily, ...)
         self.model: str | None = None  # the model the client asked for, once the body is read
         self.upstream: str | None = None
         self.upstream_model: str | None = None
@@ -105,6 +115,8 @@ class RequestRecord:
             self.upstream_failed(error.failure)
         else:
             self.outcome = Outcome.REJECTED
+            if isinstance(error, RateLimited):
+                self.limited = error.limit
 
     def client_left(self, streaming: bool) -> None:
         self.outcome = Outcome.CLIENT_GONE
@@ -136,6 +148,17 @@ class RequestRecord:
         return (b"server-timing", b"upstream;dur=%.1f, facade;dur=%.1f" % (self.upstream_wait * 1000, facade * 1000))
 
     # --- what the observers read -----------------------------------------------------------------------
+
+    def tokens_used(self, prompt_estimate: int, reserved: int) -> int:
+        """Tokens the request cost, for the limiter's settle: the reported usage (the prompt estimated if only
+        the completion is known, as for an abandoned stream); nothing when no answer was generated; what was
+        reserved when one was but its usage is unknown."""
+        if self.prompt_tokens is not None or self.completion_tokens is not None:
+            prompt = self.prompt_tokens if self.prompt_tokens is not None else prompt_estimate
+            return prompt + (self.completion_tokens or 0)
+        if self.upstream_answered_at is None or self.status >= 400:
+            return 0
+        return reserved
 
     @property
     def duration(self) -> float:

@@ -41,6 +41,10 @@ class LogLine(msgspec.Struct, omit_defaults=False):
     usage_source: str | None = None
     upstream_error: str | None = None
     disconnect_phase: str | None = None
+    # Who called: a configured caller's name, "public" (no key), or null (refused before authentication).
+    caller: str | None = None
+    # The limit that refused the request with 429 (requests, tokens, too_large, concurrent, daily).
+    limited: str | None = None
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -80,6 +84,8 @@ class RequestLog:
             else ("events" if record.usage_from_events else "upstream"),
             upstream_error=record.upstream_error,
             disconnect_phase=record.disconnect_phase,
+            caller=record.caller,
+            limited=record.limited,
         )
         with contextlib.suppress(OSError):  # a closed or full stdout must not fail the request it describes
             os.write(self._fd, self._encode(line) + b"\n")

@@ -11,6 +11,7 @@ import httpx
 
 from .. import __version__
 from ..config import Config, UpstreamConfig
+from ..config.checks import warnings as config_warnings
 
 __all__ = ["startup_report"]
 
@@ -41,6 +42,7 @@ def startup_report(config: Config, source: str) -> list[str]:
     for name, (_, result) in results.items():
         upstream = config.upstreams[name]
         lines.append(f"  upstream {name}: {upstream.url}{upstream.probe_path} -> {result}")
+    lines.extend(f"WARNING: {warning}" for warning in config_warnings(config))
     if not any(answered for answered, _ in results.values()):
         urls = ", ".join(upstream.url for upstream in config.upstreams.values())
         lines.append(f"WARNING: no upstream answers ({urls}); chat requests will fail with 502 until one does")

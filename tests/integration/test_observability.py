@@ -61,7 +61,14 @@ def test_every_request_gets_one_log_line_that_agrees_with_the_metrics(observed: 
     ]
     requests = _samples(observed, "capibara_requests_total")
     assert sum(requests.values()) == len(lines)
-    key = (("model", "capibara6"), ("route", "chat"), ("status", "200"), ("stream", "false"), ("upstream", "default"))
+    key = (
+        ("caller", "public"),
+        ("model", "capibara6"),
+        ("route", "chat"),
+        ("status", "200"),
+        ("stream", "false"),
+        ("upstream", "default"),
+    )
     assert requests[key] == 1
     tokens = _samples(observed, "capibara_tokens_total")
     completion = sum(line["completion_tokens"] or 0 for line in lines)
