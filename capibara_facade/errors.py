@@ -169,15 +169,6 @@ class RateLimited(FacadeError):
         return {name.decode(): value.decode() for name, value in self.extra_headers}
 
 
-class LimiterUnavailable(FacadeError):
-    status = 503
-    type = "server_error"
-    code = "limiter_unavailable"
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": "1"}
-
-
 class PayloadTooLarge(FacadeError):
     status = 413
     type = "invalid_request_error"
@@ -191,6 +182,12 @@ class ShuttingDown(FacadeError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "1"}
+
+
+class LimiterUnavailable(ShuttingDown):
+    """503 while the rate limits cannot be checked (`on_redis_error = "fail_closed"`): like a restart, brief."""
+
+    code = "limiter_unavailable"
 
 
 class UpstreamError(FacadeError):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 
+from ..catalog import Model
 from ..config import Config, QuotaConfig
 from ..config.callers import hash_key
 from ..errors import AuthenticationFailed, ModelNotAllowed, ModelNotFound
@@ -82,6 +84,18 @@ class Callers:
         if self._public.limits is None:  # nothing is counted: the address is not even looked at
             return self._public
         return self._public.with_key(f"{PUBLIC}:{self._address.of(peer, forwarded_for, real_ip)}")
+
+    def resolve(self, caller: Caller, find: Callable[[str], Model], name: str) -> Model:
+        """The model `name` (looked up with `find`, the catalog's), if this caller may use it. A 404 lists only
+        the models the caller may use: the catalog's own would name every model, the forbidden ones too."""
+        try:
+            model = find(name)
+        except ModelNotFound:
+            if caller.models is None:
+                raise
+            raise ModelNotFound(name, sorted(caller.models)) from None
+        self.check_model(caller, model.public_name)
+        return model
 
     def check_model(self, caller: Caller, model: str) -> None:
         """404 (or 403, see `auth.hide_forbidden_models`) for a model this caller may not use."""

@@ -187,8 +187,10 @@ def _refusal(
             f"Request too large for {who}: it may use up to {reserve} tokens (prompt and max_tokens), more than "
             f"the limit of {limits.tokens_per_minute} tokens per minute. Lower max_tokens or shorten the messages."
         )
+        # It can never pass as it is: SDKs should not retry it (the openai SDK honours x-should-retry).
+        never = [(b"x-should-retry", b"false"), *headers]
         return RateLimited(
-            message, limit=decision.reason, type="tokens", code="rate_limit_exceeded", extra_headers=headers
+            message, limit=decision.reason, type="tokens", code="rate_limit_exceeded", extra_headers=never
         )
     if decision.reason == "concurrent":
         message = f"Too many requests in flight for {who}: the limit is {limits.max_concurrent} at once."

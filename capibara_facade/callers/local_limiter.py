@@ -74,7 +74,9 @@ class LocalLimiter:
         """The request is over: correct its token reservation by `delta` (used minus reserved), end its lease."""
         if delta and (tpm := limits.tokens_per_minute):
             now = self._clock()
-            self._tats[key + " t"] = max(self._tats.get(key + " t", now) + delta * PERIOD / tpm, now)
+            # A bucket that refilled while the request ran is full: charge from now (in Redis its key expired).
+            tokens_at = max(self._tats.get(key + " t", now), now)
+            self._tats[key + " t"] = max(tokens_at + delta * PERIOD / tpm, now)
         if delta and limits.daily_tokens and key in self._daily:
             day, used = self._daily[key]
             self._daily[key] = (day, max(used + delta, 0))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as ConnectionDropped
 
 from .rates import Decision, Limits
 
@@ -113,11 +114,12 @@ _DAY = 86400
 
 class RedisLimiter:
     def __init__(self, url: str, timeout: float, key_prefix: str, lease_seconds: float) -> None:
-        # No retries inside redis-py (its default retries timeouts three times): the limiter's caller decides
-        # what a failure means, within its own deadline.
-        self.client: Redis = Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
-        )
+        # A timeout is never retried inside redis-py (its default retries it three times): the limiter's caller
+        # decides what a failure means, within its own deadline. A dropped connection is, once, on a new one:
+        # a pooled connection Redis closed (a restart, its idle `timeout`) fails its next command, and without
+        # the retry every process would call Redis down, or answer 503 with fail_closed, while it is up.
+        retry = Retry(NoBackoff(), 1, supported_errors=(ConnectionDropped,))
+        self.client: Redis = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry)
         self._prefix = key_prefix
         self._lease_ms = max(int(lease_seconds * 1000), 1)
         self._admit = self.client.register_script(_ADMIT)

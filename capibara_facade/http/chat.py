@@ -100,8 +100,7 @@ async def _relay_chat(
 ) -> None:
     chat = wire.read_chat(body, generation.config.server.max_json_depth)
     record.asked(chat.model, bool(chat.stream))
-    model = generation.catalog.resolve(chat.model)
-    generation.callers.check_model(caller, model.public_name)
+    model = generation.callers.resolve(caller, generation.catalog.resolve, chat.model)
     record.admission = await gateway.limit(caller, chat, model)
     attempts = gateway.attempts(generation, model, _affinity_key(model, chat, exchange))
     upstream_request = _UpstreamRequest(body, chat, caller.max_tokens)

@@ -66,8 +66,7 @@ def build_routes(gateway: Gateway) -> list[BaseRouteHandler]:
     @get("/v1/models/{model_id:str}")
     async def retrieve_model(request: Request[Any, Any, Any], model_id: str) -> Response[bytes]:
         def card(generation: Generation, caller: Caller) -> bytes:
-            model = generation.catalog.get(model_id)
-            generation.callers.check_model(caller, model.public_name)
+            model = generation.callers.resolve(caller, generation.catalog.get, model_id)
             return _encode(generation.card(model))
 
         return await models_answer(request, card)
