@@ -1,4 +1,4 @@
-"""Command line: `capibara-facade serve | check-config | demo-upstream | demo | healthcheck`.
+"""Command line: `capibara-facade serve | check-config | reload | hash-key | demo-upstream | demo | healthcheck`.
 
 Also `python -m capibara_facade`."""
 
@@ -8,6 +8,7 @@ import argparse
 import glob
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -26,6 +27,8 @@ from uvicorn.supervisors import Multiprocess
 
 from . import __version__
 from .config import Config, ConfigError, load_config
+from .config.callers import hash_key
+from .config.checks import warnings as config_warnings
 from .control import signal_reload
 from .http.app import create_app
 from .http.server_limits import LimitedConfig, ServerLimits, raise_open_files_limit
@@ -52,6 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("config", help="TOML file")
 
+    hash_key_command = commands.add_parser(
+        "hash-key", help="print the SHA-256 of an API key, for [callers.<name>] key_sha256 (--new: make a key)"
+    )
+    hash_key_command.add_argument("key", nargs="?", help="the key (default: read from standard input)")
+    hash_key_command.add_argument("--new", action="store_true", help="generate a new random key and print both")
+
     demo_upstream = commands.add_parser("demo-upstream", help="run the bundled OpenAI-compatible demo upstream")
     demo_upstream.add_argument("--host", default="127.0.0.1")
     demo_upstream.add_argument("--port", type=int, default=8082)
@@ -73,7 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             config = load_config(args.config, os.environ)
             print(f"{args.config}: OK ({len(config.models)} models, {len(config.upstreams)} upstreams)")
+            for warning in config_warnings(config):
+                print(f"WARNING: {warning}")
             return 0
+        if args.command == "hash-key":
+            return _hash_key(args)
         if args.command == "demo-upstream":
             from .demo_upstream import serve_demo_upstream
 
@@ -89,6 +102,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"capibara-facade: configuration error: {exc}", file=sys.stderr)
         return 2
+
+
+def _hash_key(args: argparse.Namespace) -> int:
+    """The digest the config holds; with --new, a fresh key first (shown once: only its digest is kept)."""
+    if args.new:
+        key = "sk-capibara-" + secrets.token_urlsafe(32)
+        print(f"key:        {key}")
+        print(f"key_sha256: {hash_key(key)}")
+        return 0
+    key = args.key if args.key is not None else sys.stdin.readline().strip()
+    if not key:
+        print("capibara-facade: no key given (pass it, or on standard input)", file=sys.stderr)
+        return 1
+    print(hash_key(key))
+    return 0
 
 
 def _reload(args: argparse.Namespace) -> int:
@@ -145,28 +173,33 @@ def _serve(args: argparse.Namespace) -> int:
         host=server.host,
         port=server.port,
         workers=server.workers,
-        # uvloop and asyncio both set TCP_NODELAY on accepted sockets, so small SSE frames are not delayed.
-        loop="uvloop",
+        # uvloop, accepting every waiting connection per wake-up (acceptor.py); with TCP_NODELAY on each, so
+        # small SSE frames are not delayed.
+        loop="capibara_facade.http.acceptor:AcceptingLoop",
         lifespan="on",
         access_log=server.access_log,
         log_level=server.log_level,
-        proxy_headers=False,  # the facade reads no client address; uvicorn's proxy middleware costs CPU
+        # The public tier reads X-Forwarded-For itself, only from server.trusted_proxies (callers/client_address.py);
+        # uvicorn's proxy middleware would trust it from any peer it is told to, and costs CPU on every request.
+        proxy_headers=False,
         server_header=False,
         timeout_keep_alive=server.keepalive_timeout_seconds,
         # SIGTERM: stop accepting, let open requests and streams finish for this long, then cancel them.
         timeout_graceful_shutdown=server.shutdown_grace_seconds,
         backlog=4096,
     )
+    # The socket is bound here, not by uvicorn, in both cases: the loop's acceptor serves sockets it is given.
+    sockets = [uvicorn_config.bind_socket()]
     if server.workers > 1:
         try:
-            _Workers(uvicorn_config, sockets=[uvicorn_config.bind_socket()], metrics_dir=metrics_dir).run()
+            _Workers(uvicorn_config, sockets=sockets, metrics_dir=metrics_dir).run()
         finally:
             if metrics_dir is not None and config.metrics.multiprocess_dir is None:
                 shutil.rmtree(metrics_dir, ignore_errors=True)
         return 0
     single = uvicorn.Server(uvicorn_config)
-    single.run()
-    return 0 if single.started else 3  # e.g. the port is taken: uvicorn has logged why
+    single.run(sockets)
+    return 0 if single.started else 3  # as uvicorn's start-up failures (bind_socket exits 3 on a taken port)
 
 
 def _shared_metrics_dir(config: Config) -> str:
