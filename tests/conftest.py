@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from tests import support
+from tests.redis_server import RedisServer
 
 MODELS_EUROPE = ("aya_expanse_multilingual", "phi4_fast", "mistral_balanced", "qwen_coder", "gemma3_multimodal")
 
@@ -113,3 +114,18 @@ def client(facade_url: str) -> Iterator[openai.OpenAI]:
 def http(facade_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=facade_url, timeout=20) as raw:
         yield raw
+
+
+@pytest.fixture(scope="session")
+def redis_server(session_dir: Path) -> Iterator[RedisServer]:
+    """One Debian redis-server for the session; tests keep apart by their own callers or key prefixes."""
+    with RedisServer(session_dir).running() as server:
+        yield server
+
+
+@pytest.fixture
+def disposable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which it may `kill -9` and start again on the same port."""
+    server = RedisServer(tmp_path)
+    with server.running():
+        yield server
