@@ -21,20 +21,19 @@ import os
 import time
 from collections.abc import Callable
 
-from redis.exceptions import RedisError
-
 from ..config import LimitsConfig
 from ..errors import LimiterUnavailable, RateLimited
 from .identity import Caller
 from .local_limiter import LocalLimiter
 from .rates import Decision, Limits, ratelimit_headers
 from .redis_limiter import RedisLimiter
+from .resp import RedisReplyError
 
 __all__ = ["Admission", "Limiter"]
 
 log = logging.getLogger(__name__)
 
-_FAILURES = (RedisError, OSError, TimeoutError)
+_FAILURES = (RedisReplyError, OSError, TimeoutError)
 
 
 class Admission:

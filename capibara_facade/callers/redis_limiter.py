@@ -10,12 +10,10 @@ its last lease is older than `lease_seconds` (a crashed replica's leases go away
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as ConnectionDropped
+import asyncio
 
 from .rates import Decision, Limits
+from .resp import RespClient, script_sha
 
 __all__ = ["RedisLimiter"]
 
@@ -110,21 +108,14 @@ return 1
 )
 
 _DAY = 86400
+_ADMIT_SHA, _SETTLE_SHA, _RENEW_SHA = (script_sha(script) for script in (_ADMIT, _SETTLE, _RENEW))
 
 
 class RedisLimiter:
     def __init__(self, url: str, timeout: float, key_prefix: str, lease_seconds: float) -> None:
-        # A timeout is never retried inside redis-py (its default retries it three times): the limiter's caller
-        # decides what a failure means, within its own deadline. A dropped connection is, once, on a new one:
-        # a pooled connection Redis closed (a restart, its idle `timeout`) fails its next command, and without
-        # the retry every process would call Redis down, or answer 503 with fail_closed, while it is up.
-        retry = Retry(NoBackoff(), 1, supported_errors=(ConnectionDropped,))
-        self.client: Redis = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry)
+        self.client = RespClient(url, connect_timeout=max(timeout, 1.0))
         self._prefix = key_prefix
         self._lease_ms = max(int(lease_seconds * 1000), 1)
-        self._admit = self.client.register_script(_ADMIT)
-        self._settle = self.client.register_script(_SETTLE)
-        self._renew = self.client.register_script(_RENEW)
 
     def keys(self, key: str, day: int) -> list[str]:
         """A caller's Redis keys, all in one hash slot: requests, tokens, the day's tokens, leases."""
@@ -134,28 +125,26 @@ class RedisLimiter:
     async def admit(self, key: str, limits: Limits, cost: int, lease: str, now: float) -> Decision:
         keys = self.keys(key, int(now // _DAY))
         args: list[int | str] = [*_limit_args(limits), cost, lease, self._lease_ms]
-        allowed, reason, retry_ms, r_left, r_reset_ms, t_left, t_reset_ms = await self._admit(keys=keys, args=args)
-        reason_text = reason.decode() if isinstance(reason, bytes) else str(reason)
+        reply = await self.client.evalsha(_ADMIT, _ADMIT_SHA, keys, args)
+        allowed, reason, retry_ms, r_left, r_reset_ms, t_left, t_reset_ms = reply
         return Decision(
-            bool(allowed), reason_text, retry_ms / 1000, r_left, r_reset_ms / 1000, t_left, t_reset_ms / 1000
+            bool(allowed), reason.decode(), retry_ms / 1000, r_left, r_reset_ms / 1000, t_left, t_reset_ms / 1000
         )
 
     async def settle(self, key: str, limits: Limits, delta: int, lease: str, admitted_at: float) -> None:
         _, tokens, day, leases = self.keys(key, int(admitted_at // _DAY))
         held = lease if limits.max_concurrent else ""
-        await self._settle(
-            keys=[tokens, day, leases], args=[limits.tokens_per_minute, int(bool(limits.daily_tokens)), delta, held]
-        )
+        args: list[int | str] = [limits.tokens_per_minute, int(bool(limits.daily_tokens)), delta, held]
+        await self.client.evalsha(_SETTLE, _SETTLE_SHA, [tokens, day, leases], args)
 
     async def renew(self, leases: dict[str, list[str]]) -> None:
-        """Push back the expiry of the leases of requests still in flight, by caller key."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for key, ids in leases.items():
-                await self._renew(keys=[self.keys(key, 0)[3]], args=[self._lease_ms, *ids], client=pipe)
-            await pipe.execute()
-
-    async def ping(self) -> bool:
-        return bool(await self.client.ping())
+        """Push back the expiry of the leases of requests still in flight, by caller key (one pipeline)."""
+        await asyncio.gather(
+            *(
+                self.client.evalsha(_RENEW, _RENEW_SHA, [self.keys(key, 0)[3]], [self._lease_ms, *ids])
+                for key, ids in leases.items()
+            )
+        )
 
     async def aclose(self) -> None:
         await self.client.aclose()
