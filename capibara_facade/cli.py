@@ -279,6 +279,10 @@ def _demo(args: argparse.Namespace) -> int:
                     return 1
                 time.sleep(0.1)
         os.environ["CAPIBARA_UPSTREAM_URL"] = upstream_url
+        # The demo upstream serves every endpoint the facade relays (models-europe, the default, only chat).
+        os.environ.setdefault(
+            "CAPIBARA__UPSTREAMS__DEFAULT__ENDPOINTS", '["chat", "completions", "embeddings", "responses"]'
+        )
         args.workers = 1
         config = _load(args, dict(os.environ))
         print(

@@ -10,6 +10,9 @@ tests drive, as CLI flags or per request in a vendor field `"demo": {...}` that 
 
 `GET /_demo/requests` lists what it received, with each request's outcome (`completed`,
 `client_disconnected`, `dropped`), so tests can prove the facade closed an abandoned request.
+
+Besides chat it serves `/v1/completions`, `/v1/embeddings` and `/v1/responses` (see `demo_endpoints.py`),
+with the same switches.
 """
 
 from __future__ import annotations
@@ -24,6 +27,16 @@ from typing import Any
 
 import msgspec
 import uvicorn
+
+from .demo_endpoints import (
+    CompletionAnswer,
+    CompletionRequest,
+    EmbeddingAnswer,
+    EmbeddingRequest,
+    Refused,
+    ResponseRequest,
+    Responses,
+)
 
 __all__ = ["DemoUpstream", "Faults", "add_fault_options", "serve_demo_upstream"]
 
@@ -77,6 +90,13 @@ class DemoUpstream:
         self.faults = faults
         self.models = models
         self.records: collections.deque[Record] = collections.deque(maxlen=500)
+        self.responses = Responses()
+        self._request_types: dict[str, type[Any]] = {
+            "/v1/chat/completions": DemoRequest,
+            "/v1/completions": CompletionRequest,
+            "/v1/embeddings": EmbeddingRequest,
+            "/v1/responses": ResponseRequest,
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
@@ -87,11 +107,21 @@ class DemoUpstream:
             return await _json(send, 200, {"object": "list", "data": data})
         if method == "GET" and path == "/_demo/requests":
             return await _json(send, 200, list(self.records))
-        if method == "POST" and path == "/v1/chat/completions":
-            return await self._chat(scope, receive, send)
+        if method == "POST" and path in self._request_types:
+            return await self._endpoint(scope, receive, send, path)
         return await _json(send, 404, _error(f"No route {method} {path}", "invalid_request_error", "not_found"))
 
-    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _answer_to(self, request: Any) -> Any:
+        """The answer to a request of one of the endpoints (it has `completion()` and `frames()`)."""
+        if isinstance(request, CompletionRequest):
+            return CompletionAnswer(request)
+        if isinstance(request, EmbeddingRequest):
+            return EmbeddingAnswer(request)
+        if isinstance(request, ResponseRequest):
+            return self.responses.answer(request)
+        return _Answer(request)
+
+    async def _endpoint(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         body = b""
         while True:
             message = await receive()
@@ -107,7 +137,7 @@ class DemoUpstream:
         )
         self.records.append(record)
         try:
-            request = msgspec.json.decode(body, type=DemoRequest)
+            request = msgspec.json.decode(body, type=self._request_types[path])
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             record.outcome = "rejected"
             return await _json(send, 400, _error(str(exc), "invalid_request_error", None))
@@ -122,7 +152,7 @@ class DemoUpstream:
         finally:
             watcher.cancel()
 
-    async def _answer(self, request: DemoRequest, faults: Faults, send: Send, disconnected: asyncio.Event) -> str:
+    async def _answer(self, request: Any, faults: Faults, send: Send, disconnected: asyncio.Event) -> str:
         if await _sleep_unless(disconnected, faults.delay):
             return "client_disconnected"
         if faults.status != 200:
@@ -136,12 +166,17 @@ class DemoUpstream:
             error = _error(f"The model '{request.model}' does not exist", "invalid_request_error", "model_not_found")
             await _json(send, 404, error)
             return "completed"
-        answer = _Answer(request)
-        if not request.stream:
-            await _raw(send, 200, b"application/json", _encode(answer.completion()))
+        try:
+            answer = self._answer_to(request)
+            if not request.stream:
+                await _raw(send, 200, b"application/json", _encode(answer.completion()))
+                return "completed"
+            frames = answer.frames()
+        except Refused as refused:
+            await _json(send, refused.status, refused.document)
             return "completed"
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
-        for index, frame in enumerate(answer.frames()):
+        for index, frame in enumerate(frames):
             if faults.drop_after is not None and index >= faults.drop_after:
                 raise DroppedConnection
             if index and await _sleep_unless(disconnected, faults.chunk_delay):

@@ -10,6 +10,8 @@ its exception class from it (400 BadRequestError, 401 AuthenticationError, 404 N
     ├── AuthenticationFailed     401 authentication_error    code = invalid_api_key
     ├── ModelNotFound            404 invalid_request_error   code = model_not_found
     ├── RouteNotFound            404 invalid_request_error   code = not_found
+    ├── EndpointNotSupported     404 invalid_request_error   code = endpoint_not_supported
+    ├── PermissionDenied         403 invalid_request_error   code = insufficient_permissions
     ├── OriginNotAllowed         403 invalid_request_error   code = origin_not_allowed
     ├── ModelNotAllowed          403 invalid_request_error   code = model_not_allowed
     ├── RateLimited              429 requests / tokens / insufficient_quota (+ Retry-After, x-ratelimit-*)
@@ -31,6 +33,7 @@ import msgspec
 
 __all__ = [
     "AuthenticationFailed",
+    "EndpointNotSupported",
     "ErrorBody",
     "ErrorEnvelope",
     "FacadeError",
@@ -41,6 +44,7 @@ __all__ = [
     "ModelNotFound",
     "OriginNotAllowed",
     "PayloadTooLarge",
+    "PermissionDenied",
     "RateLimited",
     "RouteNotFound",
     "ShuttingDown",
@@ -123,6 +127,23 @@ class RouteNotFound(FacadeError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class EndpointNotSupported(FacadeError):
+    """The model exists, but none of its model servers serves this endpoint (their `endpoints`)."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "endpoint_not_supported"
+
+    def __init__(self, model: str, path: str) -> None:
+        super().__init__(f"The model {model!r} is not served on {path}.", param="model")
+
+
+class PermissionDenied(FacadeError):
+    status = 403
+    type = "invalid_request_error"
+    code = "insufficient_permissions"
 
 
 class MethodNotAllowed(FacadeError):

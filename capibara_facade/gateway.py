@@ -20,14 +20,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
 from .callers.identity import Caller, Callers
 from .callers.limiter import Admission, Limiter
-from .callers.tokens import completion_bound, estimate_prompt_tokens
+from .callers.tokens import completion_bound
 from .catalog import Model
-from .chat_request import ChatRequest
 from .config import Config, ConfigError, UpstreamConfig
 from .generation import Generation
 from .observe.metrics import Metrics
@@ -35,8 +35,14 @@ from .observe.record import RequestRecord
 from .observe.request_log import RequestLog
 from .observe.tracing import Tracing
 from .upstream.breaker import CLOSED
-from .upstream.routing import Attempts, Balancer, RetryBudget
+from .upstream.response_origins import ResponseOrigins
+from .upstream.routing import Attempts, Balancer, RetryBudget, Target
 from .upstream.upstreams import Upstream, UpstreamState
+
+if TYPE_CHECKING:
+    from .endpoints import Endpoint, RequestView
+
+V = TypeVar("V", bound="RequestView")
 
 __all__ = ["Gateway", "ReloadResult"]
 
@@ -71,6 +77,7 @@ class Gateway:
             routing.retry_budget_percent, routing.retry_budget_window_seconds, routing.retry_budget_minimum
         )
         self.limiter = Limiter(config.limits, self.metrics.set_limiter_up if self.metrics is not None else None)
+        self.response_origins = ResponseOrigins(routing.remembered_responses)  # per worker
         self.current = Generation(1, config, self._upstream)
         self.last_reload = ReloadResult("ok", 1)
         self._watching: asyncio.Task[None] | None = None
@@ -89,22 +96,29 @@ class Gateway:
             name, config, metrics.in_flight_gauge(name), lambda state: metrics.set_upstream_state(name, state)
         )
 
-    def attempts(self, generation: Generation, model: Model, affinity_key: str | None) -> Attempts:
-        return generation.attempts(model, affinity_key, self.balancer, self.retry_budget)
+    def attempts(
+        self, generation: Generation, order: list[tuple[str, tuple[Target, ...]]], affinity_key: str | None
+    ) -> Attempts:
+        """One request's attempts at the targets `order` lists (`Generation.targets`)."""
+        return Attempts(self.balancer, self.retry_budget, order, affinity_key, generation.config.routing.max_attempts)
 
     def trace(self, record: RequestRecord, traceparent: bytes | None) -> None:
         """With tracing on, the request's span starts (a child of the client's `traceparent`)."""
         if self.tracing is not None:
             self.tracing.start(record, traceparent)
 
-    async def limit(self, caller: Caller, chat: ChatRequest, model: Model) -> Admission | None:
+    async def limit(self, caller: Caller, endpoint: Endpoint[V], request: V, model: Model) -> Admission | None:
         """The caller's limits, before anything is forwarded: 429 when one is reached. The request's tokens
-        are reserved here (its prompt, estimated, and the most its answer may use) and settled by `account`."""
+        are reserved here (its prompt, estimated, and the most its answer may use: nothing for an endpoint
+        that generates no text) and settled by `account`."""
         if caller.limits is None:
             return None
-        prompt = estimate_prompt_tokens(chat)
-        caps = (caller.max_tokens, model.routes[0].max_tokens)
-        reserve = prompt + completion_bound(chat, caps, self.config.limits.default_reserve_tokens)
+        prompt = endpoint.estimate_prompt(request)
+        reserve = prompt
+        if endpoint.output_bounds is not None:
+            caps = (caller.max_tokens, model.routes[0].max_tokens)
+            default = self.config.limits.default_reserve_tokens
+            reserve += completion_bound(endpoint.output_bounds(request), caps, default)
         return await self.limiter.admit(caller, reserve, prompt)
 
     async def account(self, record: RequestRecord) -> None:
@@ -150,6 +164,7 @@ class Gateway:
             return self.last_reload
         self.current = Generation(previous.number + 1, config, self._upstream, previous)
         self.balancer.config = config.routing
+        self.response_origins.capacity = config.routing.remembered_responses
         if self.metrics is not None:
             self.metrics.set_models(model.name for model in config.models)
             self.metrics.set_callers(_caller_names(config))

@@ -10,15 +10,16 @@ requests in flight carry over); the upstreams it no longer has are closed once t
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 
 from .callers.identity import Caller, Callers
 from .catalog import Catalog, Model
 from .config import Config, UpstreamConfig
-from .errors import OriginNotAllowed
-from .upstream.routing import Attempts, Balancer, RetryBudget, Target
+from .config import Endpoint as EndpointName
+from .errors import EndpointNotSupported, OriginNotAllowed
+from .upstream.routing import Target
 from .upstream.upstreams import Pool, Upstream
 from .wire import ModelCard, ModelList
 
@@ -45,7 +46,12 @@ class Generation:
                 for name, upstream in config.upstreams.items()
             }
         )
-        self._targets = {model.public_name: self._targets_of(model) for model in self.catalog.models()}
+        # (public name, endpoint) → the model's targets whose upstream serves that endpoint.
+        self._serving = {
+            (model.public_name, endpoint): _serving(self._targets_of(model), endpoint)
+            for model in self.catalog.models()
+            for endpoint in get_args(EndpointName)
+        }
         self.callers = Callers(config)
         self._models_bodies: dict[frozenset[str], bytes] = {}  # by the set of models a caller may use
         origins = config.cors.allow_origins
@@ -73,11 +79,29 @@ class Generation:
             body = self._models_bodies[caller.models] = _encode(ModelList(cards))
         return body
 
-    def attempts(self, model: Model, affinity_key: str | None, balancer: Balancer, budget: RetryBudget) -> Attempts:
-        """The targets a request for `model` may try: its own, then its fallbacks' (see routing.py)."""
-        names = [model.public_name, *model.fallbacks]
-        order = [(name, self._targets.get(name) or self._targets_of(self.catalog.resolve(name))) for name in names]
-        return Attempts(balancer, budget, order, affinity_key, self.config.routing.max_attempts)
+    def targets(
+        self, model: Model, endpoint: str, path: str, origin: str | None = None
+    ) -> list[tuple[str, tuple[Target, ...]]]:
+        """The targets a request for `model` on `endpoint` (at `path`) may try, in order: its own, then its
+        fallbacks' (see routing.py), each only where its upstream serves the endpoint; 404 when none of the
+        model's own does. `origin`: the upstream that created the response a request continues, its only
+        target when it serves the model (no fallback knows that response)."""
+        own = self._targets_serving(model.public_name, endpoint)
+        if not own:
+            raise EndpointNotSupported(model.public_name, path)
+        pinned = [target for target in own if target.upstream.name == origin] if origin is not None else []
+        if pinned:
+            order = [(model.public_name, tuple(pinned))]
+        else:
+            order = [(model.public_name, own)]
+            order += [(name, targets) for name in model.fallbacks if (targets := self._targets_serving(name, endpoint))]
+        return order
+
+    def _targets_serving(self, name: str, endpoint: str) -> tuple[Target, ...]:
+        serving = self._serving.get((name, endpoint))
+        if serving is None:  # a name passed through to an upstream as it is
+            serving = _serving(self._targets_of(self.catalog.resolve(name)), endpoint)
+        return serving
 
     def _targets_of(self, model: Model) -> tuple[Target, ...]:
         upstreams = self.pool.upstreams
@@ -90,3 +114,7 @@ class Generation:
         """This generation's upstreams that `successor` does not use: to close once they are idle."""
         kept: set[Any] = {id(upstream) for upstream in successor.pool.upstreams.values()}
         return [upstream for upstream in self.pool.upstreams.values() if id(upstream) not in kept]
+
+
+def _serving(targets: tuple[Target, ...], endpoint: str) -> tuple[Target, ...]:
+    return tuple(target for target in targets if endpoint in target.upstream.config.endpoints)

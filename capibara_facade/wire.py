@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol, TypeVar
 
 import msgspec
 from msgspec import Raw, Struct
@@ -31,7 +32,10 @@ __all__ = [
     "invalid",
     "invalid_json",
     "read_chat",
+    "read_view",
+    "relayed_body",
     "rename_model",
+    "rename_response_model",
     "require_content",
     "too_deeply_nested",
     "upstream_body",
@@ -57,6 +61,22 @@ _turns_decoder = msgspec.json.Decoder(list[dict[str, Raw]])
 _number_decoder = msgspec.json.Decoder(int | float)  # int: a huge integer is no float
 _TRUE = Raw(b"true")
 _NULL = Raw(b"null")
+V = TypeVar("V")
+
+
+class _Streamed(Protocol):
+    """What `hides_usage` reads of a request: chat's and completions' views both have it."""
+
+    @property
+    def stream(self) -> bool | None: ...
+
+    @property
+    def stream_options(self) -> _UsageOption | None: ...
+
+
+class _UsageOption(Protocol):
+    @property
+    def include_usage(self) -> bool | msgspec.UnsetType: ...
 
 
 @contextmanager
@@ -75,11 +95,11 @@ def decoding(body: bytes, max_depth: int) -> Iterator[None]:
         raise too_deeply_nested(max_depth) from None
 
 
-def read_chat(body: bytes, max_depth: int) -> ChatRequest:
-    """Validate a chat-completion request body: a 400 naming the field for anything the OpenAI spec does not
+def read_view(decoder: msgspec.json.Decoder[V], body: bytes, max_depth: int) -> V:
+    """Validate a request body into its view: a 400 naming the field for anything the OpenAI spec does not
     allow, a body nested deeper than `max_depth` or a top-level key repeated."""
     with decoding(body, max_depth):
-        chat = _chat_decoder.decode(body)
+        view = decoder.decode(body)
     repeated = repeated_key(body)
     if repeated is not None:  # msgspec kept the last value, a model server might read the first
         raise InvalidRequest(
@@ -87,6 +107,12 @@ def read_chat(body: bytes, max_depth: int) -> ChatRequest:
             param=repeated,
             code="duplicate_parameter",
         )
+    return view
+
+
+def read_chat(body: bytes, max_depth: int) -> ChatRequest:
+    """Validate a chat-completion request body (see `read_view`), and the rule the spec states in prose."""
+    chat = read_view(_chat_decoder, body, max_depth)
     for index, message in enumerate(chat.messages):
         require_content(message, index)
     return chat
@@ -131,7 +157,7 @@ def invalid(exc: msgspec.ValidationError, prefix: str = "") -> InvalidRequest:
     return InvalidRequest(f"Invalid value for '{param}': {message}.", param=param, code="invalid_value")
 
 
-def hides_usage(chat: ChatRequest, route: Route) -> bool:
+def hides_usage(chat: _Streamed, route: Route) -> bool:
     """Whether the facade asks the upstream for a stream's usage chunk that the client did not ask for (and so
     must keep from the client: OpenAI sends it only to clients that set `stream_options.include_usage`)."""
     asked = chat.stream_options is not None and chat.stream_options.include_usage is True
@@ -182,6 +208,41 @@ def upstream_body(body: bytes, chat: ChatRequest, route: Route, caller_cap: int 
     return _encode(fields)
 
 
+def relayed_body(
+    body: bytes,
+    route: Route,
+    caller_cap: int | None,
+    cap_field: str | None,
+    *,
+    with_defaults: bool = False,
+    add_usage: bool = False,
+) -> bytes:
+    """`upstream_body` for the endpoints other than chat: the client's bytes, or with only `model`, the
+    ceiling on `cap_field` (the route's and the caller's: the lower wins; None: the endpoint generates no
+    text), the route's defaults (`with_defaults`: where its parameters are chat's) and streamed usage."""
+    cap = None
+    if cap_field is not None:
+        cap = route.max_tokens if caller_cap is None else min(caller_cap, route.max_tokens or caller_cap)
+    defaults = route.defaults if with_defaults else {}
+    if route.upstream_model == route.public_name and not (defaults or cap is not None or add_usage):
+        return body
+    fields = _fields_decoder.decode(body)
+    fields["model"] = Raw(_encode(route.upstream_model))
+    for key, value in defaults.items():
+        if fields.get(key, _NULL) == _NULL:
+            fields[key] = value
+    if cap_field is not None and cap is not None:
+        asked = fields.get(cap_field, _NULL)
+        if asked == _NULL or _number_decoder.decode(asked) > cap:
+            fields[cap_field] = Raw(_encode(cap))
+    if add_usage:
+        options = fields.get("stream_options", _NULL)
+        merged = {} if options == _NULL else _fields_decoder.decode(options)
+        merged["include_usage"] = _TRUE
+        fields["stream_options"] = Raw(_encode(merged))
+    return _encode(fields)
+
+
 def _with_empty_tool_call_content(messages: Raw) -> Raw:
     turns = _turns_decoder.decode(messages)
     for turn in turns:
@@ -200,4 +261,24 @@ def rename_model(document: bytes, public_name: str) -> bytes:
     if "model" not in fields:
         return document
     fields["model"] = Raw(_encode(public_name))
+    return _encode(fields)
+
+
+def rename_response_model(document: bytes, public_name: str) -> bytes:
+    """`rename_model` for the Responses API: a response names its model at the top, its stream events
+    inside their `response` object (`response.created`, `response.completed`, ...)."""
+    try:
+        fields = _fields_decoder.decode(document)
+    except (msgspec.DecodeError, RecursionError):
+        return document
+    if "model" in fields:
+        fields["model"] = Raw(_encode(public_name))
+        return _encode(fields)
+    if "response" not in fields:
+        return document
+    response = bytes(fields["response"])
+    renamed = rename_model(response, public_name)
+    if renamed is response:
+        return document
+    fields["response"] = Raw(renamed)
     return _encode(fields)

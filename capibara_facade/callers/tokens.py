@@ -34,7 +34,9 @@ def estimate_prompt_tokens(chat: ChatRequest) -> int:
     return chars // _CHARS_PER_TOKEN + _TOKENS_PER_MESSAGE * len(chat.messages) + _TOKENS_PER_MEDIA_PART * media
 
 
-def completion_bound(chat: ChatRequest, caps: tuple[int | None, ...], default: int) -> int:
-    """The most the answer can use: the request's own bound and every cap, the lowest; `default` if none."""
-    bounds = [bound for bound in (chat.max_completion_tokens, chat.max_tokens, *caps) if bound is not None]
+def completion_bound(asked: tuple[int | None, ...], caps: tuple[int | None, ...], default: int) -> int:
+    """The most the answer can use: the request's own bounds (`asked`: chat's max_completion_tokens and
+    max_tokens, a completion's max_tokens, a response's max_output_tokens) and every cap, the lowest;
+    `default` if none."""
+    bounds = [bound for bound in (*asked, *caps) if bound is not None]
     return max(min(bounds), 0) if bounds else default

@@ -31,6 +31,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "CorsConfig",
+    "Endpoint",
     "LegacyChatConfig",
     "LimitsConfig",
     "MetricsConfig",
@@ -55,6 +56,7 @@ MODELS_EUROPE_IDS = (
 )
 
 T = TypeVar("T")
+Endpoint = Literal["chat", "completions", "embeddings", "responses"]
 
 
 class ServerConfig(Base, frozen=True):
@@ -135,6 +137,11 @@ class UpstreamConfig(Base, frozen=True):
     eject_after_failures: PositiveInt = 5
     eject_cooldown_seconds: PositiveFloat = 5.0
     eject_max_cooldown_seconds: PositiveFloat = 60.0
+    # The OpenAI endpoints this server serves: "chat" (/v1/chat/completions), "completions" (/v1/completions),
+    # "embeddings" (/v1/embeddings), "responses" (/v1/responses). A request for another endpoint never reaches
+    # it: a model none of whose targets serves the endpoint is a 404 endpoint_not_supported. Default: chat
+    # only, what models-europe serves; vLLM serves all four, llama.cpp's server all but responses.
+    endpoints: Annotated[tuple[Endpoint, ...], msgspec.Meta(min_length=1)] = ("chat",)
     compat: CompatConfig = CompatConfig()
 
 
@@ -227,6 +234,10 @@ class RoutingConfig(Base, frozen=True):
     retry_budget_percent: Annotated[float, msgspec.Meta(ge=0, le=100)] = 20.0
     retry_budget_window_seconds: PositiveFloat = 10.0
     retry_budget_minimum: Annotated[int, msgspec.Meta(ge=0)] = 5
+    # A Responses API request with `previous_response_id` goes to the upstream that created that response
+    # (vLLM keeps responses in memory, per replica). Each worker remembers this many response ids, the
+    # newest; an id it does not know (older, or created through another worker) is routed as usual.
+    remembered_responses: PositiveInt = 10000
 
 
 class MetricsConfig(Base, frozen=True):

@@ -1,6 +1,11 @@
-"""The chat path, `POST /v1/chat/completions` and `POST /api/chat`, one request straight through:
+"""The request path of every relayed endpoint — `POST /v1/chat/completions` (and `/api/chat`, turned into one),
+`/v1/completions`, `/v1/embeddings`, `/v1/responses` — one request straight through:
 
     receive → authenticate → validate → resolve alias → limit → pick target → forward (stream or not) → account
+
+What differs between endpoints is declared in `endpoints.py` (the view a body is validated into, how its
+prompt is estimated, which fields may change on the way, how it streams); the path itself is one. A model
+none of whose targets serves the endpoint is a 404 `endpoint_not_supported`, before any limit is charged.
 
 The caller's limits are checked once the body is validated and the model resolved: the token reservation
 needs the request's max_tokens and the model's cap (an invalid request never reaches a model server, so it
@@ -22,7 +27,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 from litestar.handlers import BaseRouteHandler, asgi
@@ -32,29 +37,35 @@ from .. import wire
 from ..callers.identity import Caller
 from ..catalog import Model, Route
 from ..config import Config
+from ..endpoints import Endpoint, RequestView, read_response_id
 from ..errors import FacadeError, ShuttingDown, UpstreamError, UpstreamUnavailable
 from ..gateway import Gateway
 from ..generation import Generation
 from ..observe.record import Outcome, RequestRecord
-from ..observe.usage import read_usage
 from ..upstream import forward, sse
 from ..upstream.forward import Reply
 from ..upstream.routing import Attempts, Slot, Verdict
 from ..upstream.upstreams import Upstream
 from .exchange import ClientDisconnected, Exchange
 
-__all__ = ["chat_route"]
+__all__ = ["relay_route"]
 
 log = logging.getLogger(__name__)
 
 _RETRIED_STATUSES = frozenset((502, 503, 504))
 T = TypeVar("T")
+V = TypeVar("V", bound=RequestView)
 
 
-def chat_route(
-    path: str, name: str, gateway: Gateway, to_chat_request: Callable[[bytes, Config], bytes]
+def relay_route(
+    path: str,
+    name: str,
+    endpoint: Endpoint[Any],
+    gateway: Gateway,
+    translate: Callable[[bytes, Config], bytes] | None = None,
 ) -> BaseRouteHandler:
-    """A POST route that turns its body into a chat-completion request and relays it."""
+    """A POST route that relays its body to `endpoint` (`translate`d first, when it speaks another contract);
+    `name` is the route's in the metrics and the request log."""
     body_limit = gateway.config.server.max_body_bytes
 
     @asgi(path, copy_scope=False)
@@ -72,7 +83,9 @@ def chat_route(
             )
             record.caller = caller.name
             body = await exchange.read_body(body_limit)
-            await _relay_chat(gateway, generation, exchange, record, caller, to_chat_request(body, generation.config))
+            if translate is not None:
+                body = translate(body, generation.config)
+            await _relay(gateway, generation, exchange, record, caller, endpoint, body)
         except FacadeError as error:
             record.refused(error)
             await exchange.respond_error(error)
@@ -95,17 +108,26 @@ def chat_route(
     return relay_route
 
 
-async def _relay_chat(
-    gateway: Gateway, generation: Generation, exchange: Exchange, record: RequestRecord, caller: Caller, body: bytes
+async def _relay(
+    gateway: Gateway,
+    generation: Generation,
+    exchange: Exchange,
+    record: RequestRecord,
+    caller: Caller,
+    endpoint: Endpoint[V],
+    body: bytes,
 ) -> None:
-    chat = wire.read_chat(body, generation.config.server.max_json_depth)
-    record.asked(chat.model, bool(chat.stream))
-    model = generation.callers.resolve(caller, generation.catalog.resolve, chat.model)
-    record.admission = await gateway.limit(caller, chat, model)
-    attempts = gateway.attempts(generation, model, _affinity_key(model, chat, exchange))
-    upstream_request = _UpstreamRequest(body, chat, caller.max_tokens)
+    request = endpoint.read(body, generation.config.server.max_json_depth)
+    record.asked(request.model, bool(request.stream))
+    model = generation.callers.resolve(caller, generation.catalog.resolve, request.model)
+    continued = endpoint.continued_response(request)
+    origin = gateway.response_origins.upstream_of(continued) if continued else None
+    order = generation.targets(model, endpoint.name, endpoint.path, origin)
+    record.admission = await gateway.limit(caller, endpoint, request, model)
+    attempts = gateway.attempts(generation, order, _affinity_key(model, request, exchange))
+    upstream_request = _UpstreamRequest(gateway, endpoint, body, request, caller.max_tokens)
     async with exchange.cancel_on_disconnect():
-        if chat.stream:
+        if request.stream:
             reply = await _stream(gateway, exchange, record, upstream_request, attempts)
         else:
             reply = await _whole_answer(gateway, exchange, record, upstream_request, attempts)
@@ -116,17 +138,21 @@ async def _relay_chat(
 
 
 async def _whole_answer(
-    gateway: Gateway, exchange: Exchange, record: RequestRecord, request: _UpstreamRequest, attempts: Attempts
+    gateway: Gateway, exchange: Exchange, record: RequestRecord, request: _UpstreamRequest[V], attempts: Attempts
 ) -> Reply:
     reply: Reply | None = None
+    endpoint = request.endpoint
     while (slot := await _next_slot(attempts, reply)) is not None:
         route = slot.target.route
-        reply = await _attempt(forward.send, slot, attempts, exchange, record, request.body_for(route))
+        reply = await _attempt(forward.send, endpoint.path, slot, attempts, exchange, record, request.body_for(route))
         attempts.release(slot, _verdict(reply))
         # A whole answer that timed out is not tried again: the upstream may still be generating it.
         if not (_worth_retrying(reply, gateway) and attempts.may_retry()):
-            if reply.status == 200 and (usage := read_usage(reply.content)) is not None:
-                record.took_usage(usage)
+            if reply.status == 200:
+                if (usage := endpoint.read_usage(reply.content)) is not None:
+                    record.took_usage(usage)
+                if endpoint.remembers_responses and (response_id := read_response_id(reply.content)):
+                    gateway.response_origins.remember(response_id, route.upstream)
             if reply.status < 400 and (rename_to := _renamed_to(route)):
                 return Reply(reply.status, reply.headers, wire.rename_model(reply.content, rename_to))
             return reply
@@ -136,13 +162,14 @@ async def _whole_answer(
 
 
 async def _stream(
-    gateway: Gateway, exchange: Exchange, record: RequestRecord, request: _UpstreamRequest, attempts: Attempts
+    gateway: Gateway, exchange: Exchange, record: RequestRecord, request: _UpstreamRequest[V], attempts: Attempts
 ) -> Reply | None:
     """Relay the stream; or, when every attempt was refused before streaming, the last refusal to answer with."""
     reply: Reply | None = None
+    path = request.endpoint.path
     while (slot := await _next_slot(attempts, reply)) is not None:
         route = slot.target.route
-        opened = await _attempt(forward.open_stream, slot, attempts, exchange, record, request.body_for(route))
+        opened = await _attempt(forward.open_stream, path, slot, attempts, exchange, record, request.body_for(route))
         if isinstance(opened, Reply):  # refused before streaming: another target may take it
             reply = opened
             attempts.release(slot, _verdict(reply))
@@ -152,7 +179,7 @@ async def _stream(
             continue
         verdict = Verdict.NONE
         try:
-            await _relay_events(gateway, exchange, record, request.chat, opened, route)
+            await _relay_events(gateway, exchange, record, request, opened, route)
             verdict = Verdict.FAILURE if record.upstream_error else Verdict.SUCCESS
         finally:
             await opened.aclose()
@@ -165,17 +192,20 @@ async def _relay_events(
     gateway: Gateway,
     exchange: Exchange,
     record: RequestRecord,
-    chat: wire.ChatRequest,
+    request: _UpstreamRequest[V],
     opened: httpx.Response,
     route: Route,
 ) -> None:
+    endpoint = request.endpoint
     events = sse.relay(
         opened,
         route.upstream,
         record,
         rename_to=_renamed_to(route),
-        hide_usage_chunk=wire.hides_usage(chat, route),
+        hide_usage_chunk=endpoint.hides_usage(request.view, route),
         max_event_bytes=gateway.config.server.max_sse_event_bytes,
+        typed_events=endpoint.typed_events,
+        on_response_id=request.remembered_at(route) if endpoint.remembers_responses else None,
     )
     try:
         with gateway.streaming():
@@ -195,7 +225,8 @@ async def _relay_events(
 
 
 async def _attempt(
-    call: Callable[[Upstream, bytes, str, RequestRecord], Awaitable[T]],
+    call: Callable[[Upstream, str, bytes, str, RequestRecord], Awaitable[T]],
+    path: str,
     slot: Slot,
     attempts: Attempts,
     exchange: Exchange,
@@ -205,7 +236,7 @@ async def _attempt(
     """One attempt at the slot's target: what `call` (send or open_stream) returned, or the failure as a Reply."""
     record.resolved(slot.target.route)
     try:
-        return await call(slot.target.upstream, upstream_body, exchange.upstream_request_id, record)
+        return await call(slot.target.upstream, path, upstream_body, exchange.upstream_request_id, record)
     except UpstreamError as error:
         return forward.failed_reply(error)
     except BaseException:  # the client left, or the server is stopping: no verdict on this upstream
@@ -223,16 +254,22 @@ async def _next_slot(attempts: Attempts, failed: Reply | None) -> Slot | None:
         return None
 
 
-class _UpstreamRequest:
-    """The client's request, and the body each target gets (see `wire.upstream_body`)."""
+class _UpstreamRequest(Generic[V]):
+    """The client's request to an endpoint, and the body each target gets (see the endpoint's `upstream_body`)."""
 
-    __slots__ = ("body", "chat", "max_tokens")
+    __slots__ = ("body", "endpoint", "gateway", "max_tokens", "view")
 
-    def __init__(self, body: bytes, chat: wire.ChatRequest, max_tokens: int | None) -> None:
-        self.body, self.chat, self.max_tokens = body, chat, max_tokens  # max_tokens: the caller's cap
+    def __init__(self, gateway: Gateway, endpoint: Endpoint[V], body: bytes, view: V, max_tokens: int | None) -> None:
+        self.gateway, self.endpoint = gateway, endpoint
+        self.body, self.view, self.max_tokens = body, view, max_tokens  # max_tokens: the caller's cap
 
     def body_for(self, route: Route) -> bytes:
-        return wire.upstream_body(self.body, self.chat, route, self.max_tokens)
+        return self.endpoint.upstream_body(self.body, self.view, route, self.max_tokens)
+
+    def remembered_at(self, route: Route) -> Callable[[str], None]:
+        """What remembers that `route`'s upstream created a response, for the requests that continue it."""
+        origins, upstream = self.gateway.response_origins, route.upstream
+        return lambda response_id: origins.remember(response_id, upstream)
 
 
 def _answer_headers(headers: list[tuple[bytes, bytes]], record: RequestRecord) -> list[tuple[bytes, bytes]]:
@@ -271,9 +308,9 @@ def _renamed_to(route: Route) -> str | None:
     return route.public_name if route.rename_response else None
 
 
-def _affinity_key(model: Model, chat: wire.ChatRequest, exchange: Exchange) -> str | None:
+def _affinity_key(model: Model, request: RequestView, exchange: Exchange) -> str | None:
     if model.affinity == "user":
-        return chat.user if isinstance(chat.user, str) else None
+        return request.user if isinstance(request.user, str) else None
     if model.affinity == "session":
         return exchange.session_id.decode("latin-1") if exchange.session_id else None
     return None

@@ -1,6 +1,7 @@
-"""The facade's routes: the chat routes (their path is `chat.py`), the model list, health, readiness and
-metrics. Failures are raised as `FacadeError`s, which Litestar's exception handler in `app.py` renders in
-OpenAI's envelope (the chat routes render theirs through their exchange, with the request id).
+"""The facade's routes: the relayed endpoints (chat, completions, embeddings, responses: their path is
+`chat.py`), the model list, health, readiness and metrics. Failures are raised as `FacadeError`s, which
+Litestar's exception handler in `app.py` renders in OpenAI's envelope (the relayed routes render theirs
+through their exchange, with the request id).
 """
 
 from __future__ import annotations
@@ -11,18 +12,19 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from litestar import Request, Response, get
+from litestar import Request, Response, delete, get
 from litestar.handlers import BaseRouteHandler
 
 from ..callers.identity import Caller
 from ..config import Config
-from ..errors import FacadeError
+from ..endpoints import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
+from ..errors import FacadeError, PermissionDenied
 from ..gateway import Gateway
 from ..generation import Generation
 from ..observe.metrics import CONTENT_TYPE
 from ..observe.record import RequestRecord
 from . import legacy
-from .chat import chat_route
+from .chat import relay_route
 
 __all__ = ["build_routes"]
 
@@ -71,6 +73,16 @@ def build_routes(gateway: Gateway) -> list[BaseRouteHandler]:
 
         return await models_answer(request, card)
 
+    @delete("/v1/models/{model_id:str}", status_code=200)
+    async def delete_model(request: Request[Any, Any, Any], model_id: str) -> Response[bytes]:
+        """OpenAI deletes only fine-tuned models their owner made; nobody owns these: a permission error, once
+        the caller is known (a wrong key is still a 401)."""
+
+        def refusal(generation: Generation, caller: Caller) -> bytes:
+            raise PermissionDenied(f"You do not have permission to delete the model {model_id!r}.", param="model")
+
+        return await models_answer(request, refusal)
+
     @get("/health")
     async def health() -> Response[bytes]:
         """Liveness: the facade answers; each upstream's last known state is reported, never waited for;
@@ -93,10 +105,15 @@ def build_routes(gateway: Gateway) -> list[BaseRouteHandler]:
         return legacy.to_chat_completion(body, config.legacy_chat, config.server.max_json_depth)
 
     routes = [
-        chat_route("/v1/chat/completions", "chat", gateway, lambda body, _: body),
-        chat_route("/api/chat", "api_chat", gateway, from_legacy),
+        relay_route(CHAT.path, "chat", CHAT, gateway),
+        relay_route("/api/chat", "api_chat", CHAT, gateway, from_legacy),
+        *(
+            relay_route(endpoint.path, endpoint.name, endpoint, gateway)
+            for endpoint in (COMPLETIONS, EMBEDDINGS, RESPONSES)
+        ),
         list_models,
         retrieve_model,
+        delete_model,
         health,
         ready,
     ]

@@ -58,10 +58,10 @@ class Reply(msgspec.Struct):
     failure: str | None = None
 
 
-async def send(upstream: Upstream, body: bytes, request_id: str, record: RequestRecord) -> Reply:
-    """The upstream's whole answer; its failure to give one as an `UpstreamError` (`failed_reply()` turns it
-    into the answer the client gets)."""
-    request = _request(upstream, body, request_id, upstream.timeout, record.upstream_traceparent)
+async def send(upstream: Upstream, path: str, body: bytes, request_id: str, record: RequestRecord) -> Reply:
+    """The upstream's whole answer from its endpoint at `path`; its failure to give one as an `UpstreamError`
+    (`failed_reply()` turns it into the answer the client gets)."""
+    request = _request(upstream, path, body, request_id, upstream.timeout, record.upstream_traceparent)
     record.upstream_sent_at = sent = time.perf_counter()
     try:
         with _translated(upstream, answered=False):
@@ -75,13 +75,14 @@ async def send(upstream: Upstream, body: bytes, request_id: str, record: Request
 
 
 async def open_stream(
-    upstream: Upstream, body: bytes, request_id: str, record: RequestRecord
+    upstream: Upstream, path: str, body: bytes, request_id: str, record: RequestRecord
 ) -> httpx.Response | Reply:
-    """The upstream's streaming response, open and 2xx; or, when it refused, its error as a `Reply`.
+    """The upstream's streaming response from its endpoint at `path`, open and 2xx; or, when it refused, its
+    error as a `Reply`.
 
     The caller owns the open response and must `aclose()` it (on every path, client disconnects included).
     """
-    request = _request(upstream, body, request_id, upstream.stream_timeout, record.upstream_traceparent)
+    request = _request(upstream, path, body, request_id, upstream.stream_timeout, record.upstream_traceparent)
     record.upstream_sent_at = sent = time.perf_counter()
     try:
         with _translated(upstream, answered=False):
@@ -152,13 +153,13 @@ def _translated(upstream: Upstream, *, answered: bool) -> Iterator[None]:
 
 
 def _request(
-    upstream: Upstream, body: bytes, request_id: str, timeout: httpx.Timeout, traceparent: bytes | None
+    upstream: Upstream, path: str, body: bytes, request_id: str, timeout: httpx.Timeout, traceparent: bytes | None
 ) -> httpx.Request:
     headers = [*upstream.raw_headers, (b"content-type", b"application/json"), (b"x-request-id", request_id.encode())]
     if traceparent is not None:
         headers.append((b"traceparent", traceparent))
     return httpx.Request(
-        "POST", upstream.chat_url, headers=headers, content=body, extensions={"timeout": timeout.as_dict()}
+        "POST", upstream.url(path), headers=headers, content=body, extensions={"timeout": timeout.as_dict()}
     )
 
 

@@ -15,6 +15,12 @@ exceptions, each touching only the events concerned (tested byte for byte in tes
   it and the client did not (OpenAI sends it only to clients that set `stream_options.include_usage`);
 - an error event from the upstream is replaced by the facade's own (model servers put file paths there);
 - a route with `response_model = "alias"` renames `model` in each chunk.
+
+The Responses API streams typed events (`event: response.output_text.delta` and its data, no `[DONE]`):
+`typed_events=True` relays them as they are too, reads the usage from `response.completed` (or
+`response.incomplete` / `response.failed`), the response's id from `response.created`, counts the first
+`*.delta` event as the first token, and never touches usage chunks (it has none). Its `error` events are
+replaced as above, and `model` renamed inside each event's `response` object.
 """
 
 from __future__ import annotations
@@ -22,15 +28,16 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
+from typing import ClassVar
 
 import httpx
 import msgspec
 
 from ..errors import envelope
 from ..observe.record import RequestRecord
-from ..observe.usage import Usage
-from ..wire import rename_model
+from ..observe.usage import ResponseUsage, Usage
+from ..wire import rename_model, rename_response_model
 from .forward import body_stream
 
 __all__ = ["HEADERS", "SHUTDOWN_EVENT", "error_event", "relay"]
@@ -50,6 +57,11 @@ _FIRST_OUTPUT = re.compile(
 # A usage object (OpenAI sends `"usage": null` in every chunk of a stream that asked for it) or an error.
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _ERROR = re.compile(rb'"error"\s*:')
+# Typed events (the Responses API): a `*.delta` carries output; those with a `response` object or of type
+# `error` are looked at.
+_TYPED_OUTPUT = re.compile(rb'"type"\s*:\s*"response\.[a-z_.]*?\.delta"')
+_TYPED_OUTPUT_MARK = b'.delta"'
+_TYPED_NOTABLE = re.compile(rb'"response"\s*:\s*\{|"type"\s*:\s*"error"')
 
 
 def error_event(message: str, type: str = "upstream_error", code: str | None = "upstream_error") -> bytes:
@@ -77,8 +89,22 @@ class _ErrorView(msgspec.Struct):
     code: object = None
 
 
+class _ResponseView(msgspec.Struct):
+    id: str | None = None
+    usage: ResponseUsage | None = None
+
+
+class _TypedView(msgspec.Struct):
+    """What the relay reads of a typed event's data."""
+
+    type: str = ""
+    response: _ResponseView | None = None
+    code: object = None
+
+
 _chunk_decoder = msgspec.json.Decoder(_ChunkView)
 _error_decoder = msgspec.json.Decoder(_ErrorView)
+_typed_decoder = msgspec.json.Decoder(_TypedView)
 
 
 async def relay(
@@ -89,13 +115,20 @@ async def relay(
     rename_to: str | None = None,
     hide_usage_chunk: bool = False,
     max_event_bytes: int = 1024 * 1024,
+    typed_events: bool = False,
+    on_response_id: Callable[[str], None] | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The upstream's stream as complete events, as they arrive; an error event if the upstream breaks off.
 
     `hide_usage_chunk`: the facade asked for usage and the client did not, so the usage-only chunk is dropped.
+    `typed_events`: the Responses API's stream; `on_response_id` is told the id its `response.created` names.
     What the stream tells about the request (first token, usage, failures, time waiting) goes into `record`.
     """
-    events = _Events(upstream_name, record, rename_to, hide_usage_chunk)
+    events: _Events = (
+        _TypedEvents(upstream_name, record, rename_to, on_response_id)
+        if typed_events
+        else _ChatEvents(upstream_name, record, rename_to, hide_usage_chunk)
+    )
     pending = bytearray()
     clock = time.perf_counter
     try:
@@ -145,30 +178,27 @@ def _complete_events_end(data: bytes | bytearray, searched_from: int) -> int:
 
 
 class _Events:
-    """The per-event work of one stream; events that need no change are passed on as the very same bytes."""
+    """The per-event work of one stream; events that need no change are passed on as the very same bytes.
+    What differs between chat-style chunks and typed events is in the two subclasses."""
 
-    __slots__ = ("hide_usage_chunk", "record", "rename_to", "upstream_name")
+    __slots__ = ("record", "rename_to", "upstream_name")
+    first_output: ClassVar[re.Pattern[bytes]]  # an event that carries generated output: its relay is the TTFT
 
-    def __init__(self, upstream_name: str, record: RequestRecord, rename_to: str | None, hide_usage: bool) -> None:
+    def __init__(self, upstream_name: str, record: RequestRecord, rename_to: str | None) -> None:
         self.upstream_name = upstream_name
         self.record = record
         self.rename_to = rename_to
-        self.hide_usage_chunk = hide_usage
 
     def filtered(self, events: bytes) -> bytes:
         """`events` (whole events, or the unterminated tail at the end) with the documented changes applied."""
         record = self.record
         if record.first_token_at is not None:
-            record.output_events += events.count(b"data:")
-        elif first := _FIRST_OUTPUT.search(events):
+            record.output_events += self._outputs(events, 0)
+        elif first := self.first_output.search(events):
             record.first_token_at = time.perf_counter()
-            record.output_events += events.count(b"data:", events.rfind(b"data:", 0, first.start()))
-        # Substring tests first: in the common case they say no event needs to be looked at.
-        if not (
-            self.rename_to
-            or (b'"error"' in events and _ERROR.search(events))
-            or (b'"usage"' in events and _USAGE.search(events))
-        ):
+            record.output_events += self._outputs(events, first.start())
+        # A cheap test first: in the common case it says no event needs to be looked at.
+        if not (self.rename_to or self._notable(events)):
             return events
         parts = _EVENTS.findall(events)
         tail = events[sum(map(len, parts)) :]
@@ -176,24 +206,19 @@ class _Events:
             parts.append(tail)
         return b"".join([self._event(part) for part in parts])
 
-    def _event(self, event: bytes) -> bytes:
-        if _ERROR.search(event) or _USAGE.search(event):
-            data = b"\n".join([_data_value(line) for line in event.splitlines() if line.startswith(b"data:")])
-            try:
-                view = _chunk_decoder.decode(data)
-            except (msgspec.DecodeError, RecursionError):
-                view = None
-            if view is not None and view.error and view.error != _NULL:
-                self.record.upstream_failed("error_event")
-                return self._sanitised(view.error, len(event))
-            if view is not None and view.usage is not None:
-                self.record.took_usage(view.usage)
-                if self.hide_usage_chunk and view.choices == []:
-                    return b""
-        return _renamed(event, self.rename_to) if self.rename_to else event
+    def _outputs(self, events: bytes, first: int) -> int:
+        """How many output events `events` holds from the one the match at `first` is in."""
+        raise NotImplementedError
 
-    def _sanitised(self, error: msgspec.Raw, size: int) -> bytes:
+    def _notable(self, events: bytes) -> bool:
+        raise NotImplementedError
+
+    def _event(self, event: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _sanitised(self, error: msgspec.Raw | bytes, size: int) -> bytes:
         """The upstream's error event replaced by the facade's: its message can carry paths and tracebacks."""
+        self.record.upstream_failed("error_event")
         try:
             view = _error_decoder.decode(error)
             kind, code = _identifier(view.type), _identifier(view.code)
@@ -209,6 +234,84 @@ class _Events:
         return error_event(f"The upstream {self.upstream_name!r} reported an error in the middle of the stream.")
 
 
+class _ChatEvents(_Events):
+    """Chat completion (and completion) chunks: `data:` lines, each chunk an output event, `[DONE]` last."""
+
+    __slots__ = ("hide_usage_chunk",)
+    first_output = _FIRST_OUTPUT
+
+    def __init__(self, upstream_name: str, record: RequestRecord, rename_to: str | None, hide_usage: bool) -> None:
+        super().__init__(upstream_name, record, rename_to)
+        self.hide_usage_chunk = hide_usage
+
+    def _outputs(self, events: bytes, first: int) -> int:
+        return events.count(b"data:", events.rfind(b"data:", 0, first)) if first else events.count(b"data:")
+
+    def _notable(self, events: bytes) -> bool:
+        return (b'"error"' in events and _ERROR.search(events) is not None) or (
+            b'"usage"' in events and _USAGE.search(events) is not None
+        )
+
+    def _event(self, event: bytes) -> bytes:
+        if _ERROR.search(event) or _USAGE.search(event):
+            try:
+                view = _chunk_decoder.decode(_data(event))
+            except (msgspec.DecodeError, RecursionError):
+                view = None
+            if view is not None and view.error and view.error != _NULL:
+                return self._sanitised(view.error, len(event))
+            if view is not None and view.usage is not None:
+                self.record.took_usage(view.usage)
+                if self.hide_usage_chunk and view.choices == []:
+                    return b""
+        return _renamed(event, rename_model, self.rename_to) if self.rename_to else event
+
+
+class _TypedEvents(_Events):
+    """The Responses API's typed events: `event: <type>` and a data object whose `type` says the same."""
+
+    __slots__ = ("on_response_id",)
+    first_output = _TYPED_OUTPUT
+
+    def __init__(
+        self,
+        upstream_name: str,
+        record: RequestRecord,
+        rename_to: str | None,
+        on_response_id: Callable[[str], None] | None,
+    ) -> None:
+        super().__init__(upstream_name, record, rename_to)
+        self.on_response_id = on_response_id
+
+    def _outputs(self, events: bytes, first: int) -> int:
+        return events.count(_TYPED_OUTPUT_MARK, first)
+
+    def _notable(self, events: bytes) -> bool:
+        return (b'"response"' in events or b'"error"' in events) and _TYPED_NOTABLE.search(events) is not None
+
+    def _event(self, event: bytes) -> bytes:
+        if _TYPED_NOTABLE.search(event):
+            data = _data(event)
+            try:
+                view = _typed_decoder.decode(data)
+            except (msgspec.DecodeError, RecursionError):
+                view = None
+            if view is not None and view.type == "error":
+                return self._sanitised(data, len(event))
+            if view is not None and view.response is not None:
+                response = view.response
+                if response.usage is not None:
+                    self.record.took_usage(response.usage.as_usage())
+                if view.type == "response.created" and response.id and self.on_response_id is not None:
+                    self.on_response_id(response.id)
+        return _renamed(event, rename_response_model, self.rename_to) if self.rename_to else event
+
+
+def _data(event: bytes) -> bytes:
+    """The data of an SSE event: its `data:` lines' values, joined."""
+    return b"\n".join([_data_value(line) for line in event.splitlines() if line.startswith(b"data:")])
+
+
 def _data_value(line: bytes) -> bytes:
     """The value of an SSE `data:` line (one optional space after the colon is not part of it)."""
     return line[6:] if line.startswith(b"data: ") else line[5:]
@@ -220,14 +323,15 @@ def _identifier(value: object) -> str:
     return text if _IDENTIFIER.fullmatch(text) else "?"
 
 
-def _renamed(events: bytes, public_name: str) -> bytes:
-    """`events` with `model` renamed in each JSON `data:` line; every other byte, line endings included, kept."""
+def _renamed(events: bytes, rename: Callable[[bytes, str], bytes], public_name: str) -> bytes:
+    """`events` with `model` renamed (by `rename`) in each JSON `data:` line; every other byte, line endings
+    included, kept."""
     lines = events.splitlines(keepends=True)
     for index, line in enumerate(lines):
         if line.startswith(b"data:") and b'"model"' in line:
             content = line.rstrip(b"\r\n")
             payload = content[5:].lstrip(b" ")
-            renamed = rename_model(payload, public_name)
+            renamed = rename(payload, public_name)
             if renamed is not payload:
                 lines[index] = content[: len(content) - len(payload)] + renamed + line[len(content) :]
     return b"".join(lines)

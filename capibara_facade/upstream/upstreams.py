@@ -68,6 +68,7 @@ class Upstream:
             trust_env=False,
         )
         self.chat_url = httpx.URL(config.url + "/v1/chat/completions")
+        self._urls = {"/v1/chat/completions": self.chat_url}  # by endpoint path: parsed once each
         self.models_url = httpx.URL(config.url + "/v1/models")
         self.probe_url = httpx.URL(config.url + config.probe_path)
         # Sent with every request. Naming accept, accept-encoding and user-agent ourselves also keeps aiohttp
@@ -92,6 +93,13 @@ class Upstream:
         self.state = UpstreamState()
         self._probing: asyncio.Task[UpstreamState] | None = None
         self._probed_at = -float("inf")  # monotonic
+
+    def url(self, path: str) -> httpx.URL:
+        """The URL of an endpoint (`path`: one of the few the facade relays) on this upstream."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self.config.url + path)
+        return url
 
     def begin(self) -> None:
         """A request to this upstream starts; `end()` when its answer is complete or abandoned."""
