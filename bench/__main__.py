@@ -9,6 +9,7 @@ on a shared machine hit all targets alike. Prints the tables and writes bench/re
 
     python -m bench            full run (a few minutes)
     python -m bench --quick    smoke run (about a minute): same rows, fewer requests; numbers are rough
+    python -m bench --phases tp_c32,burst_c128   only those measurements (the other rows show "—")
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from bench.pairs import pair_rows, variant_phases
 from bench.plan import FULL, QUICK
 from bench.procs import REPO, make_workdir
 from bench.rows import table_rows
-from bench.run import Run
+from bench.run import PHASES, Run
 from bench.scenarios import Scenarios
 from bench.targets import started
 from bench.variants import VARIANTS, select
@@ -52,6 +53,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="facade variants to measure beside the shipped config, comma-separated, or 'none' "
         f"(default: all registered: {', '.join(v.name for v in VARIANTS) or 'none'})",
     )
+    parser.add_argument(
+        "--phases",
+        metavar="NAME,...",
+        help=f"only these measurements, comma-separated (default: all: {', '.join(PHASES)})",
+    )
     parser.add_argument("--soak-requests", type=int, help="requests in the soak after its warm-up segment")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the JSON/markdown results")
     parser.add_argument(
@@ -69,6 +75,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "other work on a shared machine then disturbs every target less; CPU time per request is unaffected",
     )
     args = parser.parse_args(argv)
+    if args.phases is not None:
+        args.phases = frozenset(name.strip() for name in args.phases.split(",") if name.strip())
+        if unknown := sorted(args.phases - set(PHASES)):
+            parser.error(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(PHASES)}")
     try:
         args.variants = select(args.variants)
         for variant in args.variants:
@@ -99,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     begin = time.monotonic()
     with started(workdir, cores, facade=not args.no_facade, nginx=not args.no_nginx, variants=args.variants) as targets:
         recorder = Recorder(targets.stub, targets.services)
-        raw = Run(Scenarios(plan, cores, recorder), targets).run()
+        raw = Run(Scenarios(plan, cores, recorder), targets, args.phases).run()
     elapsed = time.monotonic() - begin
     info["loadavg_end"] = os.getloadavg()
 

@@ -40,7 +40,14 @@ def stub_stats(base_url: str, path: str = "/stats") -> dict[str, int]:
         return stats
 
 
-def run_wrk(cores: Cores, base_url: str, connections: int, seconds: int, timeout_s: int = 10) -> dict[str, Any]:
+def run_wrk(
+    cores: Cores,
+    base_url: str,
+    connections: int,
+    seconds: int,
+    timeout_s: int = 10,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """One wrk run (one thread: the load core is a single core). Returns post.lua's BENCH_JSON summary."""
     cmd = [
         *cores.prefix(cores.load),
@@ -57,6 +64,7 @@ def run_wrk(cores: Cores, base_url: str, connections: int, seconds: int, timeout
         **os.environ,
         "BENCH_BODY": json.dumps(CHAT_BODY, separators=(",", ":")),
         "BENCH_PATH": "/v1/chat/completions",
+        "BENCH_HEADERS": "\n".join(f"{name}: {value}" for name, value in (headers or {}).items()),
     }
     result = subprocess.run(cmd, capture_output=True, env=env, timeout=seconds + timeout_s + 30)
     out = result.stdout.decode(errors="replace")
@@ -69,9 +77,11 @@ def run_wrk(cores: Cores, base_url: str, connections: int, seconds: int, timeout
     raise RuntimeError(f"wrk gave no summary (exit {result.returncode}):\n{out}\n{result.stderr.decode()}")
 
 
-def run_sse(cores: Cores, port: int, spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+def run_sse(
+    cores: Cores, port: int, spec: dict[str, Any], timeout_s: float, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """One SSE client run in its own process on the load core."""
-    full = {"host": "127.0.0.1", "port": port, **spec}
+    full = {"host": "127.0.0.1", "port": port, "headers": headers or {}, **spec}
     cmd = [*cores.prefix(cores.load), sys.executable, "-m", "bench.sse_client", json.dumps(full)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(cmd, capture_output=True, env=env, timeout=timeout_s, cwd=REPO)

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 STREAM_CHUNKS = 20  # chunks per stream in every streaming phase but the slow one
 STREAM_DELAY_MS = 5.0  # gap between chunks in the "5 ms apart" phases
 SLOW_DELAY_MS = 50.0  # gap between chunks of the many slow streams
+BURST_CONNECTIONS = 128  # new connections opened at once in the burst phase
+BURST_REQUESTS = 20  # requests each of them sends, one after another
+# Before a burst the target sits idle this long: longer than the facade's upstream keep-alive expiry (4 s), so
+# its upstream connections have expired and the burst finds a cold pool, as after a quiet spell in production.
+BURST_IDLE_S = 6.0
 
 
 @dataclass(frozen=True)

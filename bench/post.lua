@@ -1,5 +1,6 @@
 -- wrk script for the benchmark: JSON POSTs of one fixed body, and a machine-readable summary.
--- The body comes from the BENCH_BODY environment variable and the path from BENCH_PATH (set by bench/load.py).
+-- The body comes from the BENCH_BODY environment variable, the path from BENCH_PATH and extra headers from
+-- BENCH_HEADERS ("Name: value" lines, e.g. a caller's key) (all set by bench/load.py).
 -- Each thread counts the requests it wrote, so the runner can check them against what the stub upstream served.
 -- The request is formatted once per thread (not per request) so wrk's Lua cost stays negligible.
 
@@ -7,6 +8,9 @@ wrk.method = "POST"
 wrk.path = os.getenv("BENCH_PATH") or "/v1/chat/completions"
 wrk.body = os.getenv("BENCH_BODY") or '{"model":"aya_expanse_multilingual","messages":[{"role":"user","content":"hi"}]}'
 wrk.headers["Content-Type"] = "application/json"
+for name, value in string.gmatch(os.getenv("BENCH_HEADERS") or "", "([^:\n]+):%s*([^\n]*)") do
+   wrk.headers[name] = value
+end
 
 local threads = {}
 

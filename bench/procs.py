@@ -184,6 +184,7 @@ class Service:
     log_path: Path
     measured_pid: int | None = None  # the tree whose CPU/RSS we read (None: not measured)
     extra: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request of the load to it
 
     @property
     def base_url(self) -> str:
@@ -294,6 +295,35 @@ def start_facade(workdir: Path, cores: Cores, config_toml: str, name: str = "fac
         service.stop()
         raise RuntimeError(f"{name}: {exc}\n{service.log_tail()}") from None
     return service
+
+
+def start_redis(workdir: Path, cores: Cores) -> Service:
+    """Debian's redis-server on loopback, a free port, no persistence, on the load core (like the stub: in
+    production Redis is on another machine, not on the proxy's core). Its CPU is the run's own, not noise."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed: `bash scripts/install-system-packages.sh`")
+    port = free_port()
+    log_path = workdir / "redis.log"
+    cmd = [*cores.prefix(cores.load), binary, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+    process = _spawn([*cmd, "--appendonly", "no", "--dir", str(workdir)], log_path)
+    service = Service("redis", port, process, log_path, measured_pid=process.pid)
+    deadline = time.monotonic() + 15
+    while not _redis_answers(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            service.stop()
+            raise RuntimeError(f"redis-server did not answer PING on port {port}:\n{service.log_tail()}")
+        time.sleep(0.05)
+    return service
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 NGINX_CONF = """\

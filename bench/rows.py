@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.aggregate import added_per_round, chunk_cpu_per_round, median_of, per_round, rounds_of
+from bench.plan import BURST_CONNECTIONS, BURST_IDLE_S
 
 # Targets of issue 3, for the facade (2-core machine, facade on one core, shipped configuration).
 TARGETS: dict[str, tuple[str, float]] = {
@@ -93,6 +94,11 @@ def table_rows(raw: dict[str, Any], targets: list[str], plan: Any) -> list[dict[
 
     for conc in (32, 128):
         throughput_rows(conc)
+    # Fresh connections after a quiet spell: a server accepting a burst slowly delays the first requests only.
+    burst = f"{BURST_CONNECTIONS} new connections after {BURST_IDLE_S:g} s idle"
+    row(f"{burst}: first request p50", "ms", lambda t: median("burst_c128", t, "first_p50_ms"), ratio=True)
+    row(f"{burst}: first request p99", "ms", lambda t: median("burst_c128", t, "first_p99_ms"), ratio=True)
+    row(f"{burst}: later requests p99", "ms", lambda t: median("burst_c128", t, "rest_p99_ms"), ratio=True)
     row(
         "stream c=1 TTFB p50 (first event)", "ms", lambda t: median("st_c1", t, "ttfb_p50_ms"), ratio=True, fmt="{:.3f}"
     )

@@ -1,5 +1,6 @@
 """When each target is measured: warm-up and checks, then every round phase for each target in turn, round
-after round with the order rotating, then the many slow streams and the soak on a fresh facade.
+after round with the order rotating, then the many slow streams and the soak on a fresh facade (`--phases`
+picks some of them).
 
 Facade variants run in the round phases their rows need (and nowhere else), placed right after the shipped
 facade in each phase's order, so "off" and "on" are measured seconds apart.
@@ -32,9 +33,15 @@ def rotated(targets: list[Service], round_index: int) -> list[Service]:
     return targets[shift:] + targets[:shift]
 
 
+# Every measurement, in the order of a run (the round phases, then the slow streams and the soak): the names
+# `--phases` picks from, and the keys of the results JSON's `phases`.
+PHASES = ("lat_c1", "tp_c32", "tp_c128", "burst_c128", "st_c1", "st_c1_busy", "st_c32", "st_rate", "slow", "soak")
+
+
 class Run:
-    def __init__(self, scenarios: Scenarios, targets: Targets) -> None:
+    def __init__(self, scenarios: Scenarios, targets: Targets, phases: frozenset[str] | None = None) -> None:
         self.scenarios = scenarios
+        self.phases = phases  # only these of PHASES; None: all
         self.recorder: Recorder = scenarios.recorder
         self.plan = scenarios.plan
         self.targets = targets
@@ -46,6 +53,7 @@ class Run:
             Phase("lat_c1", "latency c=1", lambda t: s.wrk_phase("lat_c1", t, 1, plan.latency_s)),
             Phase("tp_c32", "throughput c=32", lambda t: s.wrk_phase("tp_c32", t, 32, plan.throughput_s)),
             Phase("tp_c128", "throughput c=128", lambda t: s.wrk_phase("tp_c128", t, 128, plan.throughput_s)),
+            Phase("burst_c128", "128 new connections at once, after idling", s.burst_phase),
             Phase(
                 "st_c1",
                 "streams c=1 (20 chunks, 5 ms apart)",
@@ -77,6 +85,9 @@ class Run:
             ),
         ]
 
+    def wanted(self, phase: str) -> bool:
+        return self.phases is None or phase in self.phases
+
     def in_phase(self, phase: str) -> list[Service]:
         """The targets a phase measures: direct, facade, nginx, with the variants that need it after the facade."""
         variants = [v.service for v in self.targets.variants if phase in self.variant_phases[v.service.name]]
@@ -100,13 +111,15 @@ class Run:
 
         for round_index in range(plan.rounds):
             for phase in self.round_phases():
+                if not self.wanted(phase.key):
+                    continue
                 for target in rotated(self.in_phase(phase.key), round_index):
                     log(f"round {round_index + 1}/{plan.rounds} {target.name}: {phase.description}")
                     phase.measure(target)
         for service in variants:  # done: the phases below see the same machine as without variants
             service.stop()
         # After the rounds above, so the heap they leave behind does not colour their RSS rows.
-        for round_index in range(plan.slow_rounds):
+        for round_index in range(plan.slow_rounds if self.wanted("slow") else 0):
             for target in rotated(self.targets.main, round_index):
                 log(
                     f"round {round_index + 1}/{plan.slow_rounds} {target.name}: "
@@ -118,7 +131,7 @@ class Run:
                 recorder.peak_rss_kib[target.name] = max(
                     recorder.peak_rss_kib.get(target.name, 0), rss_kib(target.measured_pid)[1]
                 )
-        soak = self.soak()
+        soak = self.soak() if self.wanted("soak") else None
         return {
             "phases": recorder.phases,
             "soak": soak,

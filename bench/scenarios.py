@@ -11,7 +11,7 @@ import httpx
 
 from bench.load import CHAT_BODY, run_sse, run_wrk, stream_body, stub_stats
 from bench.measure import Recorder
-from bench.plan import SLOW_DELAY_MS, STREAM_CHUNKS, Plan
+from bench.plan import BURST_CONNECTIONS, BURST_IDLE_S, BURST_REQUESTS, SLOW_DELAY_MS, STREAM_CHUNKS, Plan
 from bench.procs import Cores, Service, rss_kib
 
 
@@ -48,12 +48,12 @@ class Scenarios:
         self.recorder = recorder
 
     def warm_up(self, target: Service) -> None:
-        run_wrk(self.cores, target.base_url, 32, self.plan.warmup_s)
-        run_sse(self.cores, target.port, sequential_spec(32, 64, 5.0, 0.0), 60)
+        run_wrk(self.cores, target.base_url, 32, self.plan.warmup_s, headers=target.headers)
+        run_sse(self.cores, target.port, sequential_spec(32, 64, 5.0, 0.0), 60, target.headers)
 
     def wrk_phase(self, phase: str, target: Service, connections: int, seconds: int) -> dict[str, Any]:
         with self.recorder.measuring(target, "chat") as m:
-            result = run_wrk(self.cores, target.base_url, connections, seconds)
+            result = run_wrk(self.cores, target.base_url, connections, seconds, headers=target.headers)
         data: dict[str, Any] = {
             "connections": connections,
             "rps": result["req_per_s"],
@@ -80,7 +80,7 @@ class Scenarios:
     def stream_phase(self, phase: str, target: Service, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
         chunks = spec["body"]["bench_chunks"]
         with self.recorder.measuring(target, "chat_stream") as m:
-            result = run_sse(self.cores, target.port, spec, timeout)
+            result = run_sse(self.cores, target.port, spec, timeout, target.headers)
         data: dict[str, Any] = {
             "concurrency": spec.get("concurrency"),
             "chunks": chunks,
@@ -99,6 +99,33 @@ class Scenarios:
         self.recorder.record(phase, target, data, m)
         return data
 
+    def burst_phase(self, target: Service) -> dict[str, Any]:
+        """BURST_CONNECTIONS new connections at once after BURST_IDLE_S of quiet (a cold upstream pool), each
+        sending BURST_REQUESTS JSON requests: the first requests' latency against the later ones'."""
+        spec = {
+            "mode": "burst",
+            "concurrency": BURST_CONNECTIONS,
+            "requests": BURST_REQUESTS,
+            "timeout_s": 30,
+            "body": CHAT_BODY,
+        }
+        time.sleep(BURST_IDLE_S)
+        with self.recorder.measuring(target, "chat") as m:
+            result = run_sse(self.cores, target.port, spec, 120, target.headers)
+        first, rest = result["first_us"], result["rest_us"]
+        data: dict[str, Any] = {
+            "connections": BURST_CONNECTIONS,
+            "idle_s": BURST_IDLE_S,
+            "first_p50_ms": first.get("p50", 0) / 1000,
+            "first_p99_ms": first.get("p99", 0) / 1000,
+            "first_max_ms": first.get("max", 0) / 1000,
+            "rest_p50_ms": rest.get("p50", 0) / 1000,
+            "rest_p99_ms": rest.get("p99", 0) / 1000,
+            **_sse_outcome(result, m),
+        }
+        self.recorder.record("burst_c128", target, data, m)
+        return data
+
     def slow_phase(self, target: Service) -> dict[str, Any]:
         plan = self.plan
         spec = {
@@ -111,7 +138,7 @@ class Scenarios:
         stub_stats(self.recorder.stub.base_url, "/stats/reset-peaks")
         timeout = plan.slow_ramp_s + plan.slow_chunks * SLOW_DELAY_MS / 1000 + 90
         with self.recorder.measuring(target, "chat_stream") as m:
-            result = run_sse(self.cores, target.port, spec, timeout)
+            result = run_sse(self.cores, target.port, spec, timeout, target.headers)
         delay = result["event_delay_us"]
         data: dict[str, Any] = {
             "streams": plan.slow_streams,
@@ -144,7 +171,7 @@ class Scenarios:
         foreign: list[float] = []
         while True:
             with self.recorder.measuring(target, "chat") as m:
-                result = run_wrk(self.cores, target.base_url, 32, plan.soak_segment_s)
+                result = run_wrk(self.cores, target.base_url, 32, plan.soak_segment_s, headers=target.headers)
             total += result["requests"]
             foreign.append(m["foreign_cores"])
             sent += result["sent"]
@@ -182,7 +209,8 @@ class Scenarios:
         reference: bytes | None = None
         with httpx.Client(trust_env=False, timeout=10.0) as client:
             for target in targets:
-                response = client.post(f"{target.base_url}/v1/chat/completions", json=CHAT_BODY)
+                url = f"{target.base_url}/v1/chat/completions"
+                response = client.post(url, json=CHAT_BODY, headers=target.headers)
                 if response.status_code != 200 or b'"chat.completion"' not in response.content:
                     raise RuntimeError(
                         f"{target.name}: POST /v1/chat/completions -> {response.status_code}: {response.text[:300]}"
@@ -191,7 +219,7 @@ class Scenarios:
                     reference = response.content
                 events = 0
                 done = False
-                with client.stream("POST", f"{target.base_url}/v1/chat/completions", json=stream_body(5, 1)) as stream:
+                with client.stream("POST", url, json=stream_body(5, 1), headers=target.headers) as stream:
                     if stream.status_code != 200:
                         raise RuntimeError(f"{target.name}: stream -> {stream.status_code}")
                     for line in stream.iter_lines():

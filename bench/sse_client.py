@@ -4,7 +4,7 @@ Run as its own process (the runner pins it to the load core) so its CPU never mi
 
     python -m bench.sse_client '<json spec>'
 
-and it prints one JSON line with the results. Two modes:
+and it prints one JSON line with the results. Three modes:
 
 ``sequential``  `concurrency` keep-alive connections, each running streams back to back until `streams` streams
                 have been started in all or `duration_s` has passed. Per stream it records the time to the first
@@ -14,6 +14,10 @@ and it prints one JSON line with the results. Two modes:
                 delay is its arrival time minus the stub's `time.monotonic_ns()` written inside the event
                 (CLOCK_MONOTONIC is shared by every process on the machine), so the delay a proxy adds per event
                 is measured exactly, independent of when the stream started.
+``burst``       `concurrency` new connections opened at once, each sending `requests` requests (streaming or not,
+                as the body says) one after another. The first request's time (`first`: written on a connection
+                the kernel has completed, so it includes any wait in the server's listen queue) is kept apart
+                from the later ones' (`rest`): a server slow to accept a burst shows in the first only.
 
 Loopback only; every loop is bounded by a count and a deadline.
 """
@@ -153,10 +157,11 @@ class StreamConnection(asyncio.Protocol):
 
 def build_request(spec: dict[str, Any]) -> bytes:
     body = json.dumps(spec["body"], separators=(",", ":")).encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in spec.get("headers", {}).items())
     head = (
         f"POST {spec.get('path', '/v1/chat/completions')} HTTP/1.1\r\n"
         f"Host: {spec['host']}:{spec['port']}\r\n"
-        "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+        f"Content-Type: application/json\r\nAccept: text/event-stream\r\n{extra}"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -298,6 +303,67 @@ async def run_slow(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def run_burst(spec: dict[str, Any]) -> dict[str, Any]:
+    request = build_request(spec)
+    count = int(spec["concurrency"])
+    per_connection = int(spec["requests"])
+    timeout = float(spec.get("timeout_s", 30))
+    expected_events = int(spec["body"].get("bench_chunks", 0)) or None
+    streaming = bool(spec["body"].get("stream"))
+    first: array[int] = array("q")
+    rest: array[int] = array("q")
+    errors: dict[str, int] = {}
+    sent = completed = 0
+
+    def error(kind: str) -> None:
+        errors[kind] = errors.get(kind, 0) + 1
+
+    async def one() -> None:
+        nonlocal sent, completed
+        conn: StreamConnection | None = None
+        try:
+            conn = await _connect(spec, None)
+            for index in range(per_connection):
+                sent += 1
+                await conn.exchange(request, timeout)
+                failure = _failure(conn, expected_events) if streaming else _status_failure(conn)
+                if failure:
+                    error(failure)
+                    return
+                completed += 1
+                (rest if index else first).append(conn.done_ns - conn.sent_ns)
+                if not conn.keep_alive:
+                    return
+        except (OSError, ConnectionError, httptools.HttpParserError, TimeoutError) as exc:
+            error(type(exc).__name__)
+        finally:
+            if conn is not None and conn.transport is not None:
+                conn.transport.close()
+
+    begin = time.monotonic()
+    cpu0 = os.times()
+    await asyncio.gather(*(one() for _ in range(count)))
+    elapsed = time.monotonic() - begin
+    cpu1 = os.times()
+    return {
+        "mode": "burst",
+        "sent": sent,
+        "completed": completed,
+        "errors": errors,
+        "elapsed_s": round(elapsed, 4),
+        "first_us": percentiles(first),
+        "rest_us": percentiles(rest),
+        "client_cpu_s": round((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system), 3),
+    }
+
+
+def _status_failure(conn: StreamConnection) -> str | None:
+    return None if conn.status == 200 else f"status_{conn.status}"
+
+
+RUNNERS = {"sequential": run_sequential, "slow": run_slow, "burst": run_burst}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
@@ -307,8 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     if spec["host"] not in ("127.0.0.1", "localhost", "::1"):
         print("the benchmark client talks to loopback only", file=sys.stderr)
         return 2
-    runner = run_slow if spec["mode"] == "slow" else run_sequential
-    result = run(runner(spec))
+    result = run(RUNNERS[spec["mode"]](spec))
     print(json.dumps(result), flush=True)
     return 0
 

@@ -9,6 +9,7 @@ phases those rows need, interleaved with direct, the shipped facade and nginx; t
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,11 @@ class Variant:
     rows: tuple[str, ...] = REQUEST_PATH_ROWS
     # The shipped facade has the feature on and the variant turns it off (the rows still read "off vs on").
     turns_off: bool = False
+    # Request headers every load generator sends to this variant (e.g. its caller's key).
+    headers: tuple[tuple[str, str], ...] = ()
+    # The runner starts a redis-server for the run (loopback, a free port, no persistence, on the load core)
+    # and lays `limits.redis_url`, pointing at it, over the variant's config.
+    redis: bool = False
 
     @property
     def target(self) -> str:
@@ -47,6 +53,21 @@ def _two_targets(config: FacadeConfig) -> FacadeConfig:
     )
 
 
+BENCH_KEY = "sk-bench-limits"
+# Limits a run never reaches (c=32 is a few thousand requests a second, ~100 tokens each): what the variants
+# measure is what checking and settling them costs, not a refusal.
+_UNREACHED_LIMITS = {"requests_per_minute": 10_000_000, "tokens_per_minute": 10**9, "max_concurrent": 100_000}
+
+
+def _limited_key(config: FacadeConfig) -> FacadeConfig:
+    """Every request from one caller key with requests, tokens and concurrency limits (and so no public tier:
+    with keys configured, a request without one gets 401)."""
+    digest = hashlib.sha256(BENCH_KEY.encode()).hexdigest()
+    return merged(config, {"callers": {"bench": {"key_sha256": digest, **_UNREACHED_LIMITS}}})
+
+
+_BEARER = (("Authorization", f"Bearer {BENCH_KEY}"),)
+
 VARIANTS: tuple[Variant, ...] = (
     Variant(name="two_targets", label="two targets behind the model (one vs two)", configure=_two_targets),
     # Shipped on: Prometheus metrics (every request, stream and upstream call updates them) and the JSON
@@ -63,6 +84,21 @@ VARIANTS: tuple[Variant, ...] = (
         name="access_log",
         label="access log (info)",
         configure=lambda config: merged(config, {"server": {"access_log": True, "log_level": "info"}}),
+    ),
+    # Issue 11: a key with limits, its state in Redis on loopback (two EVALSHA per request: admit and
+    # settle), against the open configuration; and the same limits kept in the facade's own process.
+    Variant(
+        name="limits_redis",
+        label="a key with limits through Redis (open vs limited)",
+        configure=_limited_key,
+        headers=_BEARER,
+        redis=True,
+    ),
+    Variant(
+        name="limits_local",
+        label="a key with limits in-process (open vs limited)",
+        configure=_limited_key,
+        headers=_BEARER,
     ),
 )
 

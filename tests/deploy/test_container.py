@@ -3,27 +3,31 @@
 No engine runs here, so the image is never built. What is proven instead: the Dockerfile installs the runtime
 lock with the Makefile's own commands (which CI runs on every change), everything it copies is in the build
 context, it runs as an unprivileged user, its CMD and ENV start a facade, and its HEALTHCHECK passes on a
-serving facade and fails, saying why, on a dead one. The compose file follows the Compose specification, and
-its nginx reaches the facade where the facade listens.
+serving facade and fails, saying why, on a dead one. The compose file follows the Compose specification, its
+nginx reaches the facade where the facade listens, the facade's limits live in its Redis (whose command
+Debian's redis-server accepts) and only nginx's forwarded addresses are believed.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import signal
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import redis
 import yaml
 from compose_spec import PyCompose
 
-from capibara_facade.config import load_config
+from capibara_facade.config import Config, load_config
 from capibara_facade.healthcheck import DEFAULT_TIMEOUT_SECONDS
 from tests import support
-from tests.deploy.tools import DEPLOY, DOCKERFILE, exec_form, image_env, instructions
+from tests.deploy.tools import DEPLOY, DOCKERFILE, exec_form, image_env, instructions, redis_started_with
 
 COMPOSE = DEPLOY / "compose.yaml"
 RUNTIME_LOCK = "requirements/runtime.lock"
@@ -155,9 +159,19 @@ def compose() -> dict[str, Any]:
     return document
 
 
+def compose_facade_config(compose: dict[str, Any]) -> Config:
+    """The config the facade container runs with: the mounted TOML under the image's and the service's environment."""
+    facade = compose["services"]["facade"]
+    config_path = image_env()["CAPIBARA_CONFIG"]
+    mounted_config = next(v.split(":")[0] for v in facade["volumes"] if v.split(":")[1] == config_path)
+    env = {**image_env(), **{k: str(v) for k, v in facade["environment"].items()}}
+    env["CAPIBARA_UPSTREAM_URL"] = "http://models-europe:8082"  # compose interpolates it from the host
+    return load_config(DEPLOY / mounted_config, env)
+
+
 def test_the_compose_file_follows_the_compose_specification() -> None:
     parsed = PyCompose.from_yaml(COMPOSE.read_text())
-    assert set(parsed.service_names()) == {"facade", "nginx"}
+    assert set(parsed.service_names()) == {"facade", "nginx", "redis"}
 
 
 def test_compose_builds_the_image_from_this_dockerfile_and_mounts_files_that_exist(compose: dict[str, Any]) -> None:
@@ -180,12 +194,48 @@ def test_compose_nginx_renders_the_shipped_site_and_reaches_the_facade_where_it_
     templates = [v for v in nginx["volumes"] if v.split(":")[1].startswith("/etc/nginx/templates/")]
     assert [t.split(":")[0] for t in templates] == ["./nginx/capibara6.conf.template"]
     assert templates[0].split(":")[1].endswith(".template")
-    config_path = image_env()["CAPIBARA_CONFIG"]
-    mounted_config = next(v.split(":")[0] for v in facade["volumes"] if v.split(":")[1] == config_path)
-    env = {**image_env(), **{k: str(v) for k, v in facade["environment"].items()}}
-    env["CAPIBARA_UPSTREAM_URL"] = "http://models-europe:8082"  # compose interpolates it from the host
-    server = load_config(DEPLOY / mounted_config, env).server
+    server = compose_facade_config(compose).server
     assert nginx["environment"]["CAPIBARA_FACADE_ADDR"] == f"facade:{server.port}"
     assert str(server.port) in [str(port) for port in facade["expose"]]
     grace = re.fullmatch(r"(\d+)s", facade["stop_grace_period"])
     assert grace is not None and int(grace.group(1)) > server.shutdown_grace_seconds
+
+
+def test_compose_facade_workers_share_their_limits_in_the_redis_service_started_before_them(
+    compose: dict[str, Any],
+) -> None:
+    facade, redis_service = compose["services"]["facade"], compose["services"]["redis"]
+    redis_url = compose_facade_config(compose).limits.redis_url
+    assert redis_url is not None
+    address = urlsplit(redis_url)
+    assert address.hostname == "redis"
+    assert str(address.port) in [str(port) for port in redis_service["expose"]]
+    assert facade["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert redis_service["healthcheck"]["test"][0] == "CMD"
+    # Nothing outside the host's compose network reaches the facade or an unauthenticated Redis.
+    assert "ports" not in facade and "ports" not in redis_service
+
+
+def test_compose_facade_believes_forwarded_addresses_only_from_nginx(compose: dict[str, Any]) -> None:
+    nginx = compose["services"]["nginx"]
+    (network,) = nginx["networks"]
+    nginx_address = nginx["networks"][network]["ipv4_address"]
+    assert compose_facade_config(compose).server.trusted_proxies == (nginx_address,)
+    (subnet,) = compose["networks"][network]["ipam"]["config"]
+    assert ipaddress.ip_address(nginx_address) in ipaddress.ip_network(subnet["subnet"])
+    assert network in compose["services"]["facade"]["networks"]
+
+
+def test_compose_redis_command_runs_without_persistence_and_its_healthcheck_passes(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    service = compose["services"]["redis"]
+    command = service["command"]
+    assert command[0] == "redis-server"
+    with redis_started_with(command[1:], tmp_path) as port, redis.Redis(port=port) as client:
+        settings = {key: client.config_get(key)[key] for key in ("save", "appendonly", "maxmemory-policy")}
+        assert settings == {"save": "", "appendonly": "no", "maxmemory-policy": "volatile-ttl"}
+        cli, *command = service["healthcheck"]["test"][1:]
+        check = [cli, "-p", str(port), *command]  # the port this test gave it; redis-cli's options come first
+        result = subprocess.run(check, capture_output=True, text=True, timeout=10)
+        assert result.returncode == 0 and result.stdout.strip() == "PONG", result

@@ -3,24 +3,28 @@
 Validation is offline: kubernetes-validate (PyPI) ships the Kubernetes JSON schemas for every release it
 supports, and strict mode rejects unknown fields, so a misspelt key fails here rather than in a cluster.
 The ConfigMap's TOML is loaded by the facade's own loader, and a facade started with it answers the
-Deployment's probes.
+Deployment's probes; its limits live in the Redis the manifests run, whose arguments Debian's redis-server
+accepts.
 """
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import kubernetes_validate
 import pytest
+import redis
 import yaml
 
 from capibara_facade.config import load_config
 from tests import support
-from tests.deploy.tools import DEPLOY, exec_form, image_env, instructions
+from tests.deploy.tools import DEPLOY, exec_form, image_env, instructions, redis_started_with
 
 K8S = DEPLOY / "k8s"
 # Needs the Prometheus Operator's CRD, so it is not among the manifests kustomization applies.
@@ -28,6 +32,7 @@ SERVICE_MONITOR = K8S / "monitoring" / "servicemonitor.yaml"
 # The oldest Kubernetes release still in common use with autoscaling/v2 and policy/v1, and the newest known.
 KUBERNETES_VERSIONS = ("1.28.0", kubernetes_validate.utils.latest_version())
 LABEL = "app.kubernetes.io/name"
+FACADE = "capibara-facade"
 
 
 def manifests() -> dict[str, dict[str, Any]]:
@@ -39,14 +44,19 @@ def manifests() -> dict[str, dict[str, Any]]:
     return documents
 
 
-def resource(kind: str) -> dict[str, Any]:
-    (found,) = [document for document in manifests().values() if document["kind"] == kind]
+def resource(kind: str, app: str = FACADE) -> dict[str, Any]:
+    """The one manifest of this kind for `app` (its app.kubernetes.io/name label): the facade's, or Redis's."""
+    (found,) = [
+        document
+        for document in manifests().values()
+        if document["kind"] == kind and document["metadata"]["labels"].get(LABEL) == app
+    ]
     return found
 
 
-def container() -> dict[str, Any]:
-    (facade,) = resource("Deployment")["spec"]["template"]["spec"]["containers"]
-    return facade
+def container(app: str = FACADE) -> dict[str, Any]:
+    (only,) = resource("Deployment", app)["spec"]["template"]["spec"]["containers"]
+    return only
 
 
 def configmap_toml(tmp_path: Path) -> Path:
@@ -217,3 +227,56 @@ def test_pods_run_as_the_images_unprivileged_user_with_a_read_only_root() -> Non
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
     assert "/tmp" in {mount["mountPath"] for mount in container()["volumeMounts"]}
+
+
+def test_every_facade_pod_keeps_its_limits_in_the_redis_service_the_manifests_run(tmp_path: Path) -> None:
+    redis_url = load_config(configmap_toml(tmp_path), pod_environment()).limits.redis_url
+    assert redis_url is not None
+    address = urlsplit(redis_url)
+    service, deployment = resource("Service", "redis"), resource("Deployment", "redis")
+    assert address.hostname == service["metadata"]["name"]
+    (port,) = service["spec"]["ports"]
+    assert address.port == port["port"]
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert port["targetPort"] in {entry["name"] for entry in container("redis")["ports"]}
+    # One Redis at a time: two during a rolling update would each hold part of the counts.
+    assert (deployment["spec"]["replicas"], deployment["spec"]["strategy"]["type"]) == (1, "Recreate")
+
+
+def test_only_facade_pods_may_connect_to_redis() -> None:
+    policy = resource("NetworkPolicy", "redis")
+    redis_pods = resource("Deployment", "redis")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= redis_pods.items()
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    facade_pods = resource("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert peer["podSelector"]["matchLabels"].items() <= facade_pods.items()
+    assert [entry["port"] for entry in rule["ports"]] == [port["name"] for port in container("redis")["ports"]]
+
+
+def test_the_redis_containers_arguments_run_without_persistence_and_it_passes_its_probe(tmp_path: Path) -> None:
+    redis_container = container("redis")
+    with redis_started_with(redis_container["args"], tmp_path) as port, redis.Redis(port=port) as client:
+        settings = {key: client.config_get(key)[key] for key in ("save", "appendonly", "maxmemory-policy")}
+        assert settings == {"save": "", "appendonly": "no", "maxmemory-policy": "volatile-ttl"}
+        assert int(client.config_get("maxmemory")["maxmemory"]) < _bytes(
+            redis_container["resources"]["limits"]["memory"]
+        )
+        cli, *command = redis_container["readinessProbe"]["exec"]["command"]
+        result = subprocess.run([cli, "-p", str(port), *command], capture_output=True, text=True, timeout=10)
+        assert result.returncode == 0 and result.stdout.strip() == "PONG", result
+
+
+def test_redis_runs_as_the_images_unprivileged_user_with_a_read_only_root() -> None:
+    pod = resource("Deployment", "redis")["spec"]["template"]["spec"]["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] != 0
+    security = container("redis")["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity in the binary units the manifests use (Mi, Gi)."""
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+    return int(quantity[:-2]) * units[quantity[-2:]] if quantity[-2:] in units else int(quantity)

@@ -382,3 +382,58 @@ def test_nginx_passes_the_browsers_request_id_unchanged(recorded_site: Site) -> 
         "POST", "/v1/chat/completions", json=chat(stream=False), headers={"X-Request-ID": "rid-from-browser"}
     )
     assert response.json()["headers"]["x-request-id"] == "rid-from-browser"
+
+
+# --- per-address limits behind nginx -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def limited_site(tmp_path_factory: pytest.TempPathFactory, upstream: support.ServerProcess) -> Iterator[Site]:
+    """The facade with the public tier limited to 2 requests a minute per client address, trusting nginx (on
+    127.0.0.1) to say which address that is."""
+    config = support.upstream_config(upstream.url)
+    config += '[server]\ntrusted_proxies = ["127.0.0.1"]\n[public]\nrequests_per_minute = 2\n'
+    with (
+        support.running(support.facade(tmp_path_factory.mktemp("limited-facade"), config)) as facade,
+        serve_site(tmp_path_factory.mktemp("nginx-limited"), f"127.0.0.1:{facade.port}") as served,
+    ):
+        yield served
+
+
+def client_at(site: Site, address: str) -> httpx.Client:
+    """A client whose connections to nginx come from `address` (all of 127.0.0.0/8 is this machine), so nginx
+    sees a different visitor for each."""
+    transport = httpx.HTTPTransport(
+        verify=ssl.create_default_context(cafile=str(site.certificate)), local_address=address
+    )
+    return httpx.Client(
+        base_url=f"https://127.0.0.1:{site.https_port}", transport=transport, headers={"Host": WWW}, timeout=30
+    )
+
+
+def ask(client: httpx.Client, **headers: str) -> httpx.Response:
+    return client.post("/api/chat", json={"message": "hola"}, headers=headers, extensions={"sni_hostname": WWW})
+
+
+def test_nginx_appends_the_address_it_saw_to_a_forwarded_for_the_client_sent(recorded_site: Site) -> None:
+    with client_at(recorded_site, "127.0.0.2") as client:
+        seen = ask(client, **{"X-Forwarded-For": "203.0.113.9", "X-Real-IP": "203.0.113.9"}).json()["headers"]
+    assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.2"  # the facade believes only the rightmost
+    assert seen["x-real-ip"] == "127.0.0.2"
+
+
+def test_per_address_limits_apply_to_the_address_nginx_saw(limited_site: Site) -> None:
+    with client_at(limited_site, "127.0.0.2") as one, client_at(limited_site, "127.0.0.3") as other:
+        answers = [ask(one) for _ in range(3)]
+        assert [answer.status_code for answer in answers] == [200, 200, 429]
+        refused = answers[-1]
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+        assert ask(other).status_code == 200  # another visitor: a count of its own
+
+
+def test_a_forwarded_for_sent_through_nginx_cannot_choose_the_address_that_is_limited(limited_site: Site) -> None:
+    with client_at(limited_site, "127.0.0.4") as client:
+        claims = [{"X-Forwarded-For": f"203.0.113.{n}", "X-Real-IP": f"203.0.113.{n}"} for n in range(1, 4)]
+        assert [ask(client, **claim).status_code for claim in claims] == [200, 200, 429]

@@ -1,5 +1,5 @@
-"""What the deployment tests share: the shipped files' paths, SSE arrival times, who owns a socket, and
-readers for the systemd unit and the Dockerfile.
+"""What the deployment tests share: the shipped files' paths, SSE arrival times, who owns a socket, readers for
+the systemd unit and the Dockerfile, and Debian's redis-server started with a shipped file's arguments.
 
 Nothing here fakes a deployment: the tests start the real programs (nginx, the facade as its systemd unit
 would, the demo upstream) and these helpers only read what the operating system reports about them.
@@ -7,17 +7,21 @@ would, the demo upstream) and these helpers only read what the operating system 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import httpx
+import redis
 
-from tests.support import ROOT
+from tests.redis_server import REDIS_SERVER
+from tests.support import ROOT, free_port
 
 DEPLOY = ROOT / "deploy"
 FACADE_TOML = DEPLOY / "capibara-facade.toml"
@@ -197,3 +201,34 @@ def exec_form(arguments: str) -> list[str]:
     """An exec-form CMD (a JSON array) as argv for this checkout: the image's virtualenv is this one."""
     command: list[str] = json.loads(arguments)
     return [part.replace(IMAGE_VENV_BIN, f"{Path(sys.executable).parent}/") for part in command]
+
+
+# --- Redis ----------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def redis_started_with(arguments: list[str], directory: Path) -> Iterator[int]:
+    """Debian's redis-server with the arguments a shipped file gives it (a container's command or args), moved
+    to a free loopback port and to `directory`; its port, once it answers PING."""
+    port = free_port()
+    argv = [REDIS_SERVER, *arguments, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
+    log = directory / "redis.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not _answers_ping(port):
+            assert process.poll() is None, f"redis-server refused {arguments}: {log.read_text(errors='replace')}"
+            assert time.monotonic() < deadline, "redis-server did not answer PING within 10 s"
+            time.sleep(0.02)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _answers_ping(port: int) -> bool:
+    client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+    with contextlib.suppress(redis.RedisError, OSError), client:
+        return bool(client.ping())
+    return False
