@@ -47,6 +47,8 @@ class CompletionRequest(_View):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     max_tokens: Annotated[int, Meta(ge=0)] | None = None
+    n: Annotated[int, Meta(ge=1, le=128)] | None = None
+    best_of: Annotated[int, Meta(ge=0, le=20)] | None = None
     user: str | UnsetType = UNSET
 
 

@@ -51,6 +51,7 @@ V = TypeVar("V", bound=RequestView)
 
 class Endpoint(Generic[V]):
     __slots__ = (
+        "choices",
         "continued_response",
         "estimate_prompt",
         "hides_usage",
@@ -78,6 +79,7 @@ class Endpoint(Generic[V]):
         typed_events: bool = False,
         remembers_responses: bool = False,
         continued_response: Callable[[V], str | None] = lambda view: None,
+        choices: Callable[[V], int] = lambda view: 1,
     ) -> None:
         self.name = name  # the route's name in metrics and the request log; an upstream's `endpoints` entry
         self.path = path  # on the facade and on the upstream
@@ -90,6 +92,7 @@ class Endpoint(Generic[V]):
         self.typed_events = typed_events  # streams `event: <type>` + data, no [DONE] (the Responses API)
         self.remembers_responses = remembers_responses  # which upstream created each response (its id)
         self.continued_response = continued_response  # the response id this request continues, if any
+        self.choices = choices  # answers generated at once (`n`, `best_of`): each up to the output bound
 
 
 def _chat_bounds(chat: ChatRequest) -> tuple[int | None, ...]:
@@ -104,6 +107,7 @@ CHAT: Endpoint[ChatRequest] = Endpoint(
     _chat_bounds,
     wire.upstream_body,
     hides_usage=wire.hides_usage,
+    choices=lambda chat: chat.n or 1,
 )
 
 _completion_decoder = msgspec.json.Decoder(CompletionRequest)
@@ -129,6 +133,7 @@ COMPLETIONS: Endpoint[CompletionRequest] = Endpoint(
     lambda request: (request.max_tokens,),
     _completion_body,
     hides_usage=wire.hides_usage,
+    choices=lambda request: max(request.n or 1, request.best_of or 1),
 )
 
 

@@ -118,19 +118,24 @@ class Gateway:
         if endpoint.output_bounds is not None:
             caps = (caller.max_tokens, model.routes[0].max_tokens)
             default = self.config.limits.default_reserve_tokens
-            reserve += completion_bound(endpoint.output_bounds(request), caps, default)
+            per_choice = completion_bound(endpoint.output_bounds(request), caps, default)
+            reserve += per_choice * endpoint.choices(request)
         return await self.limiter.admit(caller, reserve, prompt)
 
     async def account(self, record: RequestRecord) -> None:
-        """The request is over: every observer reads its record, once; then the limiter settles its tokens."""
-        if self.metrics is not None:
-            self.metrics.observe(record)
-        if self.request_log is not None:
-            self.request_log.write(record)
-        if self.tracing is not None:
-            self.tracing.end(record)
-        if (admission := record.admission) is not None:
-            await self.limiter.settle(admission, record.tokens_used(admission.prompt_estimate, admission.reserved))
+        """The request is over: every observer reads its record, once; then the limiter settles its tokens
+        (whatever an observer did: an unsettled request would hold its caller's place for good)."""
+        try:
+            if self.metrics is not None:
+                self.metrics.observe(record)
+            if self.request_log is not None:
+                self.request_log.write(record)
+            if self.tracing is not None:
+                self.tracing.end(record)
+        finally:
+            if (admission := record.admission) is not None:
+                used = record.tokens_used(admission.prompt_estimate, admission.reserved)
+                await self.limiter.settle(admission, used)
 
     @contextlib.contextmanager
     def streaming(self) -> Iterator[None]:
@@ -228,7 +233,13 @@ def _changed_keys(section: str, old: msgspec.Struct, new: msgspec.Struct) -> str
     """`section.key (old -> new)` for each key that differs."""
     old_values, new_values = msgspec.structs.asdict(old), msgspec.structs.asdict(new)
     changed = [key for key in old_values if old_values[key] != new_values[key]]
-    return ", ".join(f"{section}.{key} ({old_values[key]!r} -> {new_values[key]!r})" for key in changed) or section
+
+    def shown(key: str) -> str:  # a URL may carry a password, and the message goes to the log and /health
+        if key.endswith(("url", "endpoint")):
+            return f"{section}.{key} (changed)"
+        return f"{section}.{key} ({old_values[key]!r} -> {new_values[key]!r})"
+
+    return ", ".join(shown(key) for key in changed) or section
 
 
 def _caller_names(config: Config) -> list[str]:

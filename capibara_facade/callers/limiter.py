@@ -67,6 +67,7 @@ class Limiter:
         self.up = True
         self.last_error: str | None = None
         self._shared_leases: dict[str, str] = {}  # lease → caller key, of Redis-admitted requests in flight
+        self._releasing: set[asyncio.Task[None]] = set()  # leases of timed-out admits being ended
 
     @property
     def backend(self) -> str:
@@ -84,6 +85,8 @@ class Limiter:
                     decision = await self._redis.admit(caller.limit_key, limits, reserve, lease, time.time())
             except _FAILURES as exc:
                 self._failed(exc)
+                if isinstance(exc, TimeoutError) and limits.max_concurrent:
+                    self._release_later(caller.limit_key, limits, lease)  # Redis may yet have run the admit
             else:
                 self._answered()
         admission = Admission(caller, limits, reserve, prompt_estimate, lease)
@@ -95,9 +98,11 @@ class Limiter:
                     raise LimiterUnavailable("Rate limits cannot be checked right now; retry shortly.")
                 admission.limits = limits.share(self._config.fallback_share)
             decision = self._local.admit(caller.limit_key, admission.limits, reserve, lease)
-        admission.headers = ratelimit_headers(limits, decision)
+        # Told as enforced: while Redis is away, this process's share of the limits.
+        admission.headers = ratelimit_headers(admission.limits, decision)
         if not decision.allowed:
-            raise _refusal(caller, limits, decision, reserve, admission.headers)
+            final = admission.shared or self._redis is None  # a fallback's "too large" may pass once Redis is back
+            raise _refusal(caller, admission.limits, decision, reserve, admission.headers, final=final)
         if admission.shared and limits.max_concurrent:
             self._shared_leases[lease] = caller.limit_key
         return admission
@@ -107,7 +112,7 @@ class Limiter:
         delta = used_tokens - admission.reserved
         key = admission.caller.limit_key
         if not admission.shared:
-            self._local.settle(key, admission.limits, delta, admission.lease)
+            self._local.settle(key, admission.limits, delta, admission.lease, admission.admitted_at)
             return
         self._shared_leases.pop(admission.lease, None)
         if self._redis is None:
@@ -117,6 +122,20 @@ class Limiter:
                 await self._redis.settle(key, admission.limits, delta, admission.lease, admission.admitted_at)
         except _FAILURES as exc:  # its lease expires on its own; the tokens stay as reserved
             self._failed(exc)
+
+    def _release_later(self, key: str, limits: Limits, lease: str) -> None:
+        """End a lease an admit that timed out may have taken in Redis after all (its tokens stay reserved)."""
+        redis = self._redis
+        assert redis is not None
+
+        async def release() -> None:
+            with contextlib.suppress(*_FAILURES):
+                async with asyncio.timeout(max(self._timeout, 1.0)):
+                    await redis.settle(key, limits, 0, lease, time.time())
+
+        task = asyncio.ensure_future(release())
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     async def renew_leases(self) -> None:
         """For the gateway's lifetime: renew the Redis leases of requests in flight, three times a lease."""
@@ -166,7 +185,7 @@ class Limiter:
 
 
 def _refusal(
-    caller: Caller, limits: Limits, decision: Decision, reserve: int, headers: list[tuple[bytes, bytes]]
+    caller: Caller, limits: Limits, decision: Decision, reserve: int, headers: list[tuple[bytes, bytes]], *, final: bool
 ) -> RateLimited:
     """The 429 for a refused request, worded as OpenAI words its own, with when to come back."""
     wait = max(decision.retry_after, 0.001)
@@ -187,7 +206,7 @@ def _refusal(
             f"the limit of {limits.tokens_per_minute} tokens per minute. Lower max_tokens or shorten the messages."
         )
         # It can never pass as it is: SDKs should not retry it (the openai SDK honours x-should-retry).
-        never = [(b"x-should-retry", b"false"), *headers]
+        never = [(b"x-should-retry", b"false"), *headers] if final else headers
         return RateLimited(
             message, limit=decision.reason, type="tokens", code="rate_limit_exceeded", extra_headers=never
         )

@@ -13,6 +13,7 @@ __all__ = ["LocalLimiter"]
 
 _DAY = 86400
 _SWEEP_EVERY = 4096  # admissions between sweeps of state that has expired (memory stays bounded)
+_SLACK = 1e-3  # seconds: float rounding of the bucket times (Unix time, ~1e-7 s a step) must not refuse a burst's last
 
 
 class LocalLimiter:
@@ -39,11 +40,11 @@ class LocalLimiter:
         reason, retry = "", 0.0
         if limits.max_concurrent and held is not None and len(held) >= limits.max_concurrent:
             reason, retry = "concurrent", 1.0
-        elif rpm and requests_next - now > PERIOD:
+        elif rpm and requests_next - now > PERIOD + _SLACK:
             reason, retry = "requests", requests_next - PERIOD - now
         elif tpm and cost > tpm:
             reason = "too_large"
-        elif tpm and tokens_next - now > PERIOD:
+        elif tpm and tokens_next - now > PERIOD + _SLACK:
             reason, retry = "tokens", tokens_next - PERIOD - now
         elif limits.daily_tokens and used + cost > limits.daily_tokens:
             reason, retry = "daily", (day + 1) * _DAY - now
@@ -70,8 +71,9 @@ class LocalLimiter:
             tokens_at - now,
         )
 
-    def settle(self, key: str, limits: Limits, delta: int, lease: str) -> None:
-        """The request is over: correct its token reservation by `delta` (used minus reserved), end its lease."""
+    def settle(self, key: str, limits: Limits, delta: int, lease: str, admitted_at: float | None = None) -> None:
+        """The request is over: correct its token reservation by `delta` (used minus reserved), end its lease.
+        The daily budget is corrected only if it is still the day the request was admitted on."""
         if delta and (tpm := limits.tokens_per_minute):
             now = self._clock()
             # A bucket that refilled while the request ran is full: charge from now (in Redis its key expired).
@@ -79,7 +81,9 @@ class LocalLimiter:
             self._tats[key + " t"] = max(tokens_at + delta * PERIOD / tpm, now)
         if delta and limits.daily_tokens and key in self._daily:
             day, used = self._daily[key]
-            self._daily[key] = (day, max(used + delta, 0))
+            admitted_day = int((admitted_at if admitted_at is not None else self._clock()) // _DAY)
+            if day == admitted_day:
+                self._daily[key] = (day, max(used + delta, 0))
         held = self._leases.get(key)
         if held is not None:
             held.discard(lease)
@@ -97,4 +101,4 @@ def _remaining(ahead: float, per_minute: int) -> int:
     """How many more units fit in the bucket, `ahead` seconds of it being taken (0 when there is no limit)."""
     if not per_minute:
         return 0
-    return max(math.floor((PERIOD - ahead) * per_minute / PERIOD + 1e-9), 0)
+    return max(math.floor((PERIOD - ahead) * per_minute / PERIOD + 1e-3), 0)

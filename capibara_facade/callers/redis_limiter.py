@@ -29,7 +29,7 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 _ADMIT = (
     _NOW
     + """
-local period = 60000
+local period = 60000  -- (compared with 1 ms of slack: rounding must not refuse the last request of a burst)
 local rpm, tpm, concurrent, daily = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local cost, lease_ms = tonumber(ARGV[5]), tonumber(ARGV[7])
 local requests_at = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
@@ -41,11 +41,11 @@ local reason, retry = '', 0
 if concurrent > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now) end
 if concurrent > 0 and redis.call('ZCARD', KEYS[4]) >= concurrent then
   reason, retry = 'concurrent', 1000
-elseif rpm > 0 and requests_next - now > period then
+elseif rpm > 0 and requests_next - now > period + 1 then
   reason, retry = 'requests', requests_next - period - now
 elseif tpm > 0 and cost > tpm then
   reason = 'too_large'
-elseif tpm > 0 and tokens_next - now > period then
+elseif tpm > 0 and tokens_next - now > period + 1 then
   reason, retry = 'tokens', tokens_next - period - now
 elseif daily > 0 and tonumber(redis.call('GET', KEYS[3]) or 0) + cost > daily then
   reason, retry = 'daily', 86400000 - now % 86400000
@@ -53,10 +53,10 @@ end
 if reason == '' then
   requests_at, tokens_at = requests_next, tokens_next
   if rpm > 0 then
-    redis.call('SET', KEYS[1], string.format('%.3f', requests_at), 'PX', math.max(math.ceil(requests_at - now), 1))
+    redis.call('SET', KEYS[1], string.format('%.17g', requests_at), 'PX', math.max(math.ceil(requests_at - now), 1))
   end
   if tpm > 0 then
-    redis.call('SET', KEYS[2], string.format('%.3f', tokens_at), 'PX', math.max(math.ceil(tokens_at - now), 1))
+    redis.call('SET', KEYS[2], string.format('%.17g', tokens_at), 'PX', math.max(math.ceil(tokens_at - now), 1))
   end
   if daily > 0 then
     redis.call('INCRBY', KEYS[3], cost)
@@ -69,7 +69,7 @@ if reason == '' then
 end
 local function remaining(at, per_minute)
   if per_minute == 0 then return 0 end
-  return math.max(math.floor((period - (at - now)) * per_minute / period + 1e-9), 0)
+  return math.max(math.floor((period - (at - now)) * per_minute / period + 1e-3), 0)
 end
 return {reason == '' and 1 or 0, reason, math.ceil(retry), remaining(requests_at, rpm), math.ceil(requests_at - now),
         remaining(tokens_at, tpm), math.ceil(tokens_at - now)}
@@ -84,7 +84,7 @@ local tpm, delta = tonumber(ARGV[1]), tonumber(ARGV[3])
 if delta ~= 0 and tpm > 0 then
   local at = math.max(tonumber(redis.call('GET', KEYS[1]) or now) + delta * 60000 / tpm, now)
   if at > now then
-    redis.call('SET', KEYS[1], string.format('%.3f', at), 'PX', math.ceil(at - now))
+    redis.call('SET', KEYS[1], string.format('%.17g', at), 'PX', math.ceil(at - now))
   else
     redis.call('DEL', KEYS[1])
   end

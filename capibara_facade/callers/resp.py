@@ -52,7 +52,7 @@ class RespClient:
         try:
             return await self._call_on(protocol, args)
         except ConnectionError:
-            if not protocol.answered:
+            if not protocol.answered or protocol.aborted:  # aborted: by us, and Redis may have run what it had
                 raise
         # A connection that had worked, closed before this reply: most likely Redis restarted (or closed it as
         # idle) and the loop had not noticed yet, so the command never ran. Once more, on a new connection.
@@ -93,14 +93,18 @@ class RespClient:
                 _, protocol = await loop.create_unix_connection(_Protocol, self._unix_path)
             else:
                 _, protocol = await loop.create_connection(_Protocol, self._host, self._port, ssl=self._ssl)
-            greeting: list[asyncio.Future[Any]] = []
-            if self._password is not None:
-                credentials = [self._username, self._password] if self._username else [self._password]
-                greeting.append(protocol.send((b"AUTH", *credentials)))
-            if self._database:
-                greeting.append(protocol.send((b"SELECT", self._database)))
-            for reply in greeting:
-                await reply
+            try:
+                greeting: list[asyncio.Future[Any]] = []
+                if self._password is not None:
+                    credentials = [self._username, self._password] if self._username else [self._password]
+                    greeting.append(protocol.send((b"AUTH", *credentials)))
+                if self._database:
+                    greeting.append(protocol.send((b"SELECT", self._database)))
+                for reply in greeting:
+                    await reply
+            except BaseException:  # a refused password, a hung Redis: this connection is of no use
+                protocol.close()
+                raise
         self._protocol = protocol
         return protocol
 
@@ -123,6 +127,7 @@ class _Protocol(asyncio.Protocol):
         self._buffer = bytearray()
         self.closed = False
         self.answered = False  # a reply has arrived on this connection
+        self.aborted = False  # closed by this side (a command outlived its deadline), not by Redis
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is one without subclassing it
@@ -174,7 +179,7 @@ class _Protocol(asyncio.Protocol):
                 reply.set_exception(ConnectionError(f"the connection to Redis was lost: {exc or 'closed'}"))
 
     def close(self) -> None:
-        self.closed = True
+        self.closed = self.aborted = True
         if self._transport is not None:
             self._transport.close()
 

@@ -12,6 +12,7 @@ import re
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from .callers import hash_key
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -115,6 +116,10 @@ def _check_models(config: Config) -> set[str]:
     return names
 
 
+def _holder(name: str) -> str:
+    return name if name.startswith("auth.") else f"callers.{name}"
+
+
 _CALLER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -130,7 +135,12 @@ def _check_callers(config: Config, names: set[str]) -> None:
         if caller.key_sha256 in digests:
             raise ConfigError(f"callers.{name}: has the same key as callers.{digests[caller.key_sha256]}")
         digests[caller.key_sha256] = name
-    if config.public.enabled is False and not digests and not config.auth.api_keys:
+    for position, key in enumerate(config.auth.api_keys):
+        digest = hash_key(key)
+        if digest in digests:  # the same key twice: which caller (and which limits) would it be?
+            raise ConfigError(f"auth.api_keys[{position}]: is also the key of {_holder(digests[digest])}")
+        digests[digest] = f"auth.api_keys[{position}]"
+    if config.public.enabled is False and not digests:
         raise ConfigError("public.enabled: false needs at least one key in [callers] (or nobody could call)")
     quotas = [(f"callers.{name}", caller) for name, caller in config.callers.items()]
     for where, quota in [*quotas, ("public", config.public)]:
@@ -145,6 +155,15 @@ def _check_callers(config: Config, names: set[str]) -> None:
                 f"server.trusted_proxies[{position}]: {proxy!r} is not an address or network like 10.0.0.0/8"
             ) from None
     redis_url = config.limits.redis_url
-    if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
-        # The URL itself is not shown: it may carry a password.
-        raise ConfigError("limits.redis_url: must be a redis://, rediss:// or unix:// URL")
+    if redis_url is not None:
+        # The URL itself is never shown: it may carry a password.
+        parts = urlsplit(redis_url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError("limits.redis_url: must be a redis://, rediss:// or unix:// URL")
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+        except ValueError:
+            raise ConfigError("limits.redis_url: has an invalid port") from None
+        database = parts.path.lstrip("/") if parts.scheme != "unix" else ""
+        if database and not database.isdigit():
+            raise ConfigError("limits.redis_url: the path must be a database number, like redis://host:6379/0")

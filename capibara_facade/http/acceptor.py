@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 # loop; the clients wait in the listen queue meanwhile. asyncio pauses as long.
 _RETRY_AFTER_SECONDS = 1.0
 _Factory = Callable[[], asyncio.BaseProtocol]
+# Enough for any burst to be taken in one or two turns, few enough that with several workers woken for the same
+# queue one of them cannot take it all while the others idle (the kernel wakes every worker; the first takes).
+_PER_WAKEUP = 256
 
 
 class AcceptingLoop(uvloop.Loop):
@@ -75,7 +78,7 @@ class Acceptor(asyncio.AbstractServer):
 
     def accept_pending(self) -> None:
         """The listening socket is readable: accept until the listen queue is empty."""
-        for _ in range(self._backlog):
+        for _ in range(min(self._backlog, _PER_WAKEUP)):
             try:
                 connection, _ = self._sock.accept()
             except BlockingIOError:

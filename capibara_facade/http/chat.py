@@ -88,7 +88,9 @@ def relay_route(
             await _relay(gateway, generation, exchange, record, caller, endpoint, body)
         except FacadeError as error:
             record.refused(error)
-            await exchange.respond_error(error)
+            # Every answer to a limited caller says where its limits stand (a 429 carries its own already).
+            admitted = record.admission.headers if record.admission is not None else None
+            await exchange.respond_error(error, admitted)
         except ClientDisconnected:
             record.client_left(streaming=exchange.started)
             log.debug("client left before the answer was complete (request %s)", exchange.request_id)

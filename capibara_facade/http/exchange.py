@@ -136,8 +136,11 @@ class Exchange:
         self.bytes_out += len(body)
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
-    async def respond_error(self, error: FacadeError) -> None:
-        await self.respond(error.status, error.response_headers(), error.body())
+    async def respond_error(self, error: FacadeError, extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        headers = error.response_headers()
+        if extra_headers:
+            headers.extend(extra_headers)
+        await self.respond(error.status, headers, error.body())
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         headers = [*headers, (b"x-request-id", self.request_id.encode())]

@@ -151,13 +151,16 @@ class RequestRecord:
 
     def tokens_used(self, prompt_estimate: int, reserved: int) -> int:
         """Tokens the request cost, for the limiter's settle: the reported usage (the prompt estimated if only
-        the completion is known, as for an abandoned stream); nothing when no answer was generated; what was
-        reserved when one was but its usage is unknown."""
+        the completion is known, as for an abandoned stream); nothing when it never reached a model server or
+        the server refused it; else, its usage unknown (the client left or the upstream timed out while it was
+        generating), all that was reserved: the work may well have been done."""
         if self.prompt_tokens is not None or self.completion_tokens is not None:
             prompt = self.prompt_tokens if self.prompt_tokens is not None else prompt_estimate
             return prompt + (self.completion_tokens or 0)
-        if self.upstream_answered_at is None or self.status >= 400:
+        if self.upstream_sent_at is None:
             return 0
+        if self.upstream_answered_at is not None and self.status >= 400 and self.outcome != Outcome.CLIENT_GONE:
+            return 0  # the model server answered with an error: nothing was generated
         return reserved
 
     @property

@@ -302,6 +302,8 @@ class _TypedEvents(_Events):
                 response = view.response
                 if response.usage is not None:
                     self.record.took_usage(response.usage.as_usage())
+                if view.type == "response.failed":  # its response.error.message is the upstream's own text
+                    return self._sanitised(data, len(event))
                 if view.type == "response.created" and response.id and self.on_response_id is not None:
                     self.on_response_id(response.id)
         return _renamed(event, rename_response_model, self.rename_to) if self.rename_to else event

@@ -255,3 +255,23 @@ def test_a_404_to_a_key_limited_to_some_models_lists_only_those(tmp_path: Path) 
         with pytest.raises(ModelNotFound) as refused:
             callers.resolve(alice, catalog.resolve, name)
         assert str(refused.value).endswith("Available models: phi4_fast.")
+
+
+def test_a_key_listed_both_as_a_caller_and_in_api_keys_is_refused_rather_than_losing_its_limits(
+    tmp_path: Path,
+) -> None:
+    toml = f'[auth]\napi_keys = ["{KEY}"]\n[callers.alice]\nkey_sha256 = "{DIGEST}"\nrequests_per_minute = 5\n'
+    with pytest.raises(ConfigError, match=r"auth\.api_keys\[0\]: is also the key of callers\.alice"):
+        _load(tmp_path, toml)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [("redis://:s3cret@127.0.0.1:abc/0", "invalid port"), ("redis://:s3cret@127.0.0.1:6379/zero", "database number")],
+)
+def test_a_malformed_redis_url_is_a_config_error_that_never_shows_the_url(
+    tmp_path: Path, url: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError, match=problem) as raised:
+        _load(tmp_path, f'[limits]\nredis_url = "{url}"\n')
+    assert "s3cret" not in str(raised.value)

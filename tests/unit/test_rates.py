@@ -228,3 +228,24 @@ def test_only_the_limits_a_caller_has_get_headers() -> None:
     assert ratelimit_headers(Limits(max_concurrent=2, daily_tokens=10), Decision(True)) == []
     names = [name for name, _ in ratelimit_headers(Limits(tokens_per_minute=10), Decision(True))]
     assert names == [b"x-ratelimit-limit-tokens", b"x-ratelimit-remaining-tokens", b"x-ratelimit-reset-tokens"]
+
+
+@pytest.mark.parametrize("per_minute", [7, 13, 30, 97, 600, 999])
+def test_a_whole_burst_within_one_instant_is_allowed_to_its_last_request(clock: Clock, per_minute: int) -> None:
+    """Float rounding of the bucket time must not refuse the limit's last request (7 a minute is 7, not 6)."""
+    limiter = LocalLimiter(clock)
+    limits = Limits(requests_per_minute=per_minute)
+    allowed = [_admit(limiter, limits, lease=f"l{index}").allowed for index in range(per_minute + 1)]
+    assert allowed == [True] * per_minute + [False]
+
+
+def test_a_settle_after_midnight_does_not_refund_yesterdays_tokens_against_today(clock: Clock) -> None:
+    clock.now = datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC).timestamp()
+    limiter = LocalLimiter(clock)
+    limits = Limits(daily_tokens=1000)
+    admitted_at = clock.now
+    assert _admit(limiter, limits, cost=900).allowed
+    clock.now += 2  # the next UTC day: a fresh budget
+    assert _admit(limiter, limits, cost=900, lease="today").allowed
+    limiter.settle(KEY, limits, -900, "lease", admitted_at)  # yesterday's request used nothing after all
+    assert not _admit(limiter, limits, cost=200, lease="more").allowed  # today's 900 still count
