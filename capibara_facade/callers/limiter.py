@@ -34,6 +34,7 @@ __all__ = ["Admission", "Limiter"]
 log = logging.getLogger(__name__)
 
 _FAILURES = (RedisReplyError, OSError, TimeoutError)
+_MAX_ORPHANS = 10_000  # leases of timed-out admits kept for release (each also expires on its own)
 
 
 class Admission:
@@ -67,7 +68,8 @@ class Limiter:
         self.up = True
         self.last_error: str | None = None
         self._shared_leases: dict[str, str] = {}  # lease → caller key, of Redis-admitted requests in flight
-        self._releasing: set[asyncio.Task[None]] = set()  # leases of timed-out admits being ended
+        self._orphans: dict[str, tuple[str, Limits]] = {}  # lease → (key, limits) of admits that timed out
+        self._releasing: set[asyncio.Task[None]] = set()  # their release, under way
 
     @property
     def backend(self) -> str:
@@ -85,10 +87,12 @@ class Limiter:
                     decision = await self._redis.admit(caller.limit_key, limits, reserve, lease, time.time())
             except _FAILURES as exc:
                 self._failed(exc)
-                if isinstance(exc, TimeoutError) and limits.max_concurrent:
-                    self._release_later(caller.limit_key, limits, lease)  # Redis may yet have run the admit
+                if isinstance(exc, TimeoutError) and limits.max_concurrent and len(self._orphans) < _MAX_ORPHANS:
+                    self._orphans[lease] = (caller.limit_key, limits)  # Redis may yet have run the admit
             else:
                 self._answered()
+                if self._orphans:
+                    self._release_orphans()
         admission = Admission(caller, limits, reserve, prompt_estimate, lease)
         if decision is not None:
             admission.shared = True
@@ -123,15 +127,20 @@ class Limiter:
         except _FAILURES as exc:  # its lease expires on its own; the tokens stay as reserved
             self._failed(exc)
 
-    def _release_later(self, key: str, limits: Limits, lease: str) -> None:
-        """End a lease an admit that timed out may have taken in Redis after all (its tokens stay reserved)."""
-        redis = self._redis
+    def _release_orphans(self) -> None:
+        """End the leases that admits which timed out may have taken in Redis after all (their tokens stay
+        reserved). Done once Redis answers again, so that a hung Redis is not asked more often for them."""
+        redis, orphans = self._redis, self._orphans
         assert redis is not None
+        self._orphans = {}
 
         async def release() -> None:
             with contextlib.suppress(*_FAILURES):
                 async with asyncio.timeout(max(self._timeout, 1.0)):
-                    await redis.settle(key, limits, 0, lease, time.time())
+                    now = time.time()
+                    await asyncio.gather(
+                        *(redis.settle(key, limits, 0, lease, now) for lease, (key, limits) in orphans.items())
+                    )
 
         task = asyncio.ensure_future(release())
         self._releasing.add(task)
