@@ -212,3 +212,6 @@ class ChatRequest(_View):
     functions: Annotated[list[Named], Meta(min_length=1, max_length=128)] | UnsetType = UNSET
     function_call: Literal["none", "auto"] | Named | UnsetType = UNSET
     user: str | UnsetType = UNSET
+    # Stored chat completions: the facade keeps the completion (see store/), with these metadata.
+    store: bool | None = None
+    metadata: dict[str, str] | None = None  # the spec's bounds (16 pairs, 64/512 characters) are only prose

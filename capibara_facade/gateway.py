@@ -24,16 +24,20 @@ from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
-from .callers.identity import Caller, Callers
+from .callers.identity import PUBLIC, Caller, Callers
 from .callers.limiter import Admission, Limiter
 from .callers.tokens import completion_bound
 from .catalog import Model
+from .chat_request import ChatRequest
 from .config import Config, ConfigError, UpstreamConfig
 from .generation import Generation
 from .observe.metrics import Metrics
 from .observe.record import RequestRecord
 from .observe.request_log import RequestLog
 from .observe.tracing import Tracing
+from .store import Store, open_store
+from .store.capture import Capture
+from .store.recorder import Recorder
 from .upstream.breaker import CLOSED
 from .upstream.response_origins import ResponseOrigins
 from .upstream.routing import Attempts, Balancer, RetryBudget, Target
@@ -49,7 +53,7 @@ __all__ = ["Gateway", "ReloadResult"]
 log = logging.getLogger(__name__)
 
 # What a reload cannot change: the listening socket and its limits, the processes, and the observers.
-_RESTART_ONLY = ("server", "cors", "metrics", "request_log", "tracing", "limits")
+_RESTART_ONLY = ("server", "cors", "metrics", "request_log", "tracing", "limits", "store")
 
 
 class ReloadResult(msgspec.Struct):
@@ -83,6 +87,7 @@ class Gateway:
         self._watching: asyncio.Task[None] | None = None
         self._renewing: asyncio.Task[None] | None = None
         self._retired: dict[asyncio.Task[None], Upstream] = {}  # closing once idle
+        self.recorder: Recorder | None = None  # with [store] enabled, once `open_store` has opened it
 
     @property
     def config(self) -> Config:
@@ -122,6 +127,21 @@ class Gateway:
             reserve += per_choice * endpoint.choices(request)
         return await self.limiter.admit(caller, reserve, prompt)
 
+    @property
+    def store(self) -> Store | None:
+        return self.recorder.store if self.recorder is not None else None
+
+    def capture(self, caller: Caller, model: Model, chat: ChatRequest, body: bytes) -> Capture | None:
+        """What will store this chat completion, if it is to be stored: asked with `store: true`, or of a
+        model or caller `[store]` lists (`store: false` included: the operator's record). Never a public
+        caller's: everyone behind one address would share them."""
+        if self.recorder is None or caller.name == PUBLIC:
+            return None
+        config = self.config.store
+        if not (chat.store or model.public_name in config.models or caller.name in config.callers):
+            return None
+        return Capture(caller.name, chat.model, body, config.retention_days)
+
     async def account(self, record: RequestRecord) -> None:
         """The request is over: every observer reads its record, once; then the limiter settles its tokens
         (whatever an observer did: an unsettled request would hold its caller's place for good)."""
@@ -132,6 +152,8 @@ class Gateway:
                 self.request_log.write(record)
             if self.tracing is not None:
                 self.tracing.end(record)
+            if record.capture is not None and self.recorder is not None:
+                self.recorder.submit(record.capture, record)
         finally:
             if (admission := record.admission) is not None:
                 used = record.tokens_used(admission.prompt_estimate, admission.reserved)
@@ -187,6 +209,15 @@ class Gateway:
         if self.metrics is not None:
             self.metrics.reloaded(result, self.current.number)
 
+    async def open_store(self) -> None:
+        """With `[store]` enabled: open it (its schema migrated) and start writing completions to it."""
+        config = self.config.store
+        if not config.enabled:
+            return
+        on_failure = self.metrics.store_failed if self.metrics is not None else None
+        self.recorder = Recorder(await open_store(config), config.queue_size, on_failure)
+        self.recorder.start()
+
     def start(self) -> None:
         """Background work for the app's lifetime: with metrics on, the upstreams are probed continually."""
         if self.metrics is not None:
@@ -215,6 +246,8 @@ class Gateway:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.limiter.aclose()
+        if self.recorder is not None:
+            await self.recorder.aclose()
         for closing, upstream in list(self._retired.items()):
             closing.cancel()
             await upstream.aclose()

@@ -180,7 +180,15 @@ def upstream_body(body: bytes, chat: ChatRequest, route: Route, caller_cap: int 
         isinstance(message, AssistantMessage) and message.content is None and message.tool_calls
         for message in chat.messages
     )
-    if not (route.rewrites_request or add_usage or mirror_max_tokens or fill_content or caller_cap is not None):
+    strip_store = compat.strip_store and (chat.store is not None or chat.metadata is not None)
+    if not (
+        route.rewrites_request
+        or add_usage
+        or mirror_max_tokens
+        or fill_content
+        or strip_store
+        or caller_cap is not None
+    ):
         return body
     fields = _fields_decoder.decode(body)
     fields["model"] = Raw(_encode(route.upstream_model))
@@ -205,6 +213,9 @@ def upstream_body(body: bytes, chat: ChatRequest, route: Route, caller_cap: int 
         fields["stream_options"] = Raw(_encode(merged))
     if fill_content:
         fields["messages"] = _with_empty_tool_call_content(fields["messages"])
+    if strip_store:
+        fields.pop("store", None)
+        fields.pop("metadata", None)
     return _encode(fields)
 
 

@@ -16,8 +16,8 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian's prometheus package starts its own server on :9090 wherever services may start (policy-rc.d allows
 # it, systemd runs). The tests run theirs on free ports; a resident one would only scrape and use memory.
-# The same for redis-server (:6379).
-for service in prometheus redis-server; do
+# The same for redis-server (:6379) and postgresql (its default cluster on :5432).
+for service in prometheus redis-server postgresql; do
   [[ " ${missing[*]} " == *" $service "* ]] || continue
   if [ -d /run/systemd/system ]; then
     $SUDO systemctl disable --now "$service" >/dev/null 2>&1 || true

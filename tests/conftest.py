@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from tests import support
+from tests.postgres_server import PostgresServer
 from tests.redis_server import RedisServer
 
 MODELS_EUROPE = ("aya_expanse_multilingual", "phi4_fast", "mistral_balanced", "qwen_coder", "gemma3_multimodal")
@@ -128,4 +129,11 @@ def disposable_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of the test's own, which it may `kill -9` and start again on the same port."""
     server = RedisServer(tmp_path)
     with server.running():
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One Debian Postgres for the session; each test takes a fresh database (`postgres_server.database()`)."""
+    with PostgresServer().running() as server:
         yield server

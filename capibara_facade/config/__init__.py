@@ -23,6 +23,7 @@ from .callers import CallerConfig, LimitsConfig, PublicConfig, QuotaConfig, reso
 from .checks import check
 from .environment import apply_environment
 from .errors import ConfigError
+from .store import StoreConfig
 
 __all__ = [
     "AuthConfig",
@@ -41,6 +42,7 @@ __all__ = [
     "RequestLogConfig",
     "RoutingConfig",
     "ServerConfig",
+    "StoreConfig",
     "TargetConfig",
     "TracingConfig",
     "UpstreamConfig",
@@ -107,6 +109,10 @@ class CompatConfig(Base, frozen=True):
     # llama.cpp's Python server answers 500 to an assistant turn with `"content": null` and `tool_calls` (what
     # every tool loop sends back): send `""` instead.
     empty_content_for_tool_calls: bool = False
+    # `store` and `metadata` are the facade's business (it stores the completion itself): removed from a
+    # request that has them. vLLM and llama.cpp ignore both; an upstream that would store the completion a
+    # second time, or act on `metadata`, is what this is for. False: they go upstream as the client sent them.
+    strip_store: bool = True
 
 
 class UpstreamConfig(Base, frozen=True):
@@ -296,6 +302,7 @@ class Config(Base, frozen=True):
     metrics: MetricsConfig = MetricsConfig()
     request_log: RequestLogConfig = RequestLogConfig()
     tracing: TracingConfig = TracingConfig()
+    store: StoreConfig = StoreConfig()
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:

@@ -35,6 +35,7 @@ def check(config: Config) -> None:
     if tracing.enabled and tracing.exporter == "file" and not tracing.path:
         raise ConfigError("tracing.path: the file exporter needs a path")
     _check_callers(config, names)
+    _check_store(config, names)
     for origin in config.cors.allow_origins:
         if origin != "*" and not urlsplit(origin).scheme:
             raise ConfigError(f"cors.allow_origins: {origin!r} is not an origin like https://example.com")
@@ -121,6 +122,19 @@ def _holder(name: str) -> str:
 
 
 _CALLER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _check_store(config: Config, names: set[str]) -> None:
+    """[store]: a Postgres URL, and the models and callers it names exist (a typo would store nothing)."""
+    store = config.store
+    if store.url is not None and urlsplit(store.url).scheme not in ("postgresql", "postgres"):
+        raise ConfigError("store.url: must be a postgresql://user:password@host:port/database URL")
+    for position, model in enumerate(store.models):
+        if model not in names:
+            raise ConfigError(f"store.models[{position}]: {model!r} is not a configured model name")
+    for position, caller in enumerate(store.callers):
+        if caller not in config.callers:
+            raise ConfigError(f"store.callers[{position}]: {caller!r} is not a caller in [callers]")
 
 
 def _check_callers(config: Config, names: set[str]) -> None:

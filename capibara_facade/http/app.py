@@ -39,6 +39,7 @@ def create_app(config: Config, load: Callable[[], Config] | None = None) -> Lite
         # walked again by the garbage collector, whose full passes would otherwise stall every open stream
         # for tens of milliseconds under load.
         gc.freeze()
+        await gateway.open_store()
         gateway.start()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not in the main thread, or no signals
@@ -52,7 +53,7 @@ def create_app(config: Config, load: Callable[[], Config] | None = None) -> Lite
 
     cors = CORSConfig(
         allow_origins=list(config.cors.allow_origins),
-        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
         # The openai SDK in a browser sends x-stainless-* headers too: allow what the preflight asks for.
         allow_headers=["*"],
         expose_headers=["x-request-id"],

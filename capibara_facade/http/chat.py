@@ -16,6 +16,10 @@ byte: after a connect error, an upstream 502/503/504, or a 429 whose Retry-After
 which, and the retry budget how often). Never once a stream has started, and never after a whole answer timed
 out: the upstream may still be generating it.
 
+A chat completion to be stored (`store: true`, or `[store]` says so: `Gateway.capture`) keeps what the client
+got — the whole answer, or each relayed piece of the stream — and `Gateway.account()` hands it to the store's
+background writer once the answer is sent; nothing else on the path changes, and the client never waits.
+
 Failures are raised as `FacadeError`s and rendered here, through the exchange, so that they carry the request
 id. Once a stream has started, a failure can only be reported inside it, as an SSE error event. Every request
 has one `RequestRecord`, which the stages fill in and `Gateway.account()` reads once at the end.
@@ -36,12 +40,14 @@ from litestar.types import Receive, Scope, Send
 from .. import wire
 from ..callers.identity import Caller
 from ..catalog import Model, Route
+from ..chat_request import ChatRequest
 from ..config import Config
 from ..endpoints import Endpoint, RequestView, read_response_id
 from ..errors import FacadeError, ShuttingDown, UpstreamError, UpstreamUnavailable
 from ..gateway import Gateway
 from ..generation import Generation
 from ..observe.record import Outcome, RequestRecord
+from ..store.capture import Capture
 from ..upstream import forward, sse
 from ..upstream.forward import Reply
 from ..upstream.routing import Attempts, Slot, Verdict
@@ -63,19 +69,25 @@ def relay_route(
     endpoint: Endpoint[Any],
     gateway: Gateway,
     translate: Callable[[bytes, Config], bytes] | None = None,
+    on_get: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None,
 ) -> BaseRouteHandler:
     """A POST route that relays its body to `endpoint` (`translate`d first, when it speaks another contract);
-    `name` is the route's in the metrics and the request log."""
+    `name` is the route's in the metrics and the request log. `on_get` answers GETs on the same path (one
+    path is one handler)."""
     body_limit = gateway.config.server.max_body_bytes
+    allowed = "GET, POST" if on_get is not None else "POST"
 
     @asgi(path, copy_scope=False)
     async def relay_route(scope: Scope, receive: Receive, send: Send) -> None:
+        if on_get is not None and scope.get("method") == "GET":
+            await on_get(scope, receive, send)
+            return
         exchange = Exchange(scope, receive, send)
         generation = gateway.current  # this request's rules to its end, whatever a reload does meanwhile
         record = RequestRecord(name, exchange.request_id)
         gateway.trace(record, exchange.traceparent)
         try:
-            exchange.require_method("POST")
+            exchange.require_method("POST", allowed)
             generation.admit_origin(exchange.origin)
             # Before the body: strangers get no buffer.
             caller = generation.callers.identify(
@@ -128,6 +140,8 @@ async def _relay(
     record.admission = await gateway.limit(caller, endpoint, request, model)
     attempts = gateway.attempts(generation, order, _affinity_key(model, request, exchange))
     upstream_request = _UpstreamRequest(gateway, endpoint, body, request, caller.max_tokens)
+    if isinstance(request, ChatRequest):
+        record.capture = upstream_request.capture = gateway.capture(caller, model, request, body)
     async with exchange.cancel_on_disconnect():
         if request.stream:
             reply = await _stream(gateway, exchange, record, upstream_request, attempts)
@@ -136,6 +150,8 @@ async def _relay(
     if reply is not None:
         if reply.failure is not None:
             record.upstream_failed(reply.failure)
+        elif upstream_request.capture is not None and reply.status == 200:
+            upstream_request.capture.answered(reply.content)
         await exchange.respond(reply.status, _answer_headers(reply.headers, record), reply.content)
 
 
@@ -208,6 +224,7 @@ async def _relay_events(
         max_event_bytes=gateway.config.server.max_sse_event_bytes,
         typed_events=endpoint.typed_events,
         on_response_id=request.remembered_at(route) if endpoint.remembers_responses else None,
+        collect=request.capture.relayed if request.capture is not None else None,
     )
     try:
         with gateway.streaming():
@@ -259,11 +276,12 @@ async def _next_slot(attempts: Attempts, failed: Reply | None) -> Slot | None:
 class _UpstreamRequest(Generic[V]):
     """The client's request to an endpoint, and the body each target gets (see the endpoint's `upstream_body`)."""
 
-    __slots__ = ("body", "endpoint", "gateway", "max_tokens", "view")
+    __slots__ = ("body", "capture", "endpoint", "gateway", "max_tokens", "view")
 
     def __init__(self, gateway: Gateway, endpoint: Endpoint[V], body: bytes, view: V, max_tokens: int | None) -> None:
         self.gateway, self.endpoint = gateway, endpoint
         self.body, self.view, self.max_tokens = body, view, max_tokens  # max_tokens: the caller's cap
+        self.capture: Capture | None = None  # the answer is caught for [store]
 
     def body_for(self, route: Route) -> bytes:
         return self.endpoint.upstream_body(self.body, self.view, route, self.max_tokens)

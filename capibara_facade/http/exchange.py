@@ -104,10 +104,12 @@ class Exchange:
         client = self.scope.get("client")
         return client[0] if client else None
 
-    def require_method(self, method: str) -> None:
+    def require_method(self, method: str, allow: str | None = None) -> None:
+        """405 for any other method; `allow`: every method the path answers (default: `method`)."""
         used = self.scope.get("method")
         if used != method:
-            raise MethodNotAllowed(f"Method {used} is not allowed here; use {method}.", allow=method)
+            allowed = allow or method
+            raise MethodNotAllowed(f"Method {used} is not allowed here; use {allowed}.", allow=allowed)
 
     async def read_body(self, limit: int) -> bytes:
         """The whole request body; 413 as soon as it is known to exceed `limit` bytes."""

@@ -25,6 +25,7 @@ from ..observe.metrics import CONTENT_TYPE
 from ..observe.record import RequestRecord
 from . import legacy
 from .chat import relay_route
+from .stored import list_completions, stored_routes
 
 __all__ = ["build_routes"]
 
@@ -105,7 +106,8 @@ def build_routes(gateway: Gateway) -> list[BaseRouteHandler]:
         return legacy.to_chat_completion(body, config.legacy_chat, config.server.max_json_depth)
 
     routes = [
-        relay_route(CHAT.path, "chat", CHAT, gateway),
+        relay_route(CHAT.path, "chat", CHAT, gateway, on_get=list_completions(gateway)),
+        *stored_routes(gateway),
         relay_route("/api/chat", "api_chat", CHAT, gateway, from_legacy),
         *(
             relay_route(endpoint.path, endpoint.name, endpoint, gateway)

@@ -146,6 +146,12 @@ class Metrics:
             multiprocess_mode="livemostrecent",
             registry=registry,
         )
+        self.store_failures = Counter(
+            "capibara_store_failures",
+            "Chat completions that were to be stored and were not, by reason (dropped, unstorable, store_error).",
+            ["reason"],
+            registry=registry,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -163,6 +169,9 @@ class Metrics:
     def set_callers(self, caller_names: Iterable[str]) -> None:
         """After a reload: the callers that are labels of their own."""
         self._callers = frozenset(caller_names)
+
+    def store_failed(self, reason: str) -> None:
+        self._child(self.store_failures, reason).inc()
 
     def set_limiter_up(self, up: bool) -> None:
         self.limiter_up.set(1 if up else 0)

@@ -18,6 +18,7 @@ from .usage import Usage
 
 if TYPE_CHECKING:
     from ..callers.limiter import Admission
+    from ..store.capture import Capture
 
 __all__ = ["Outcome", "RequestRecord"]
 
@@ -39,6 +40,7 @@ class RequestRecord:
         "admission",
         "bytes_out",
         "caller",
+        "capture",
         "completion_tokens",
         "disconnect_phase",
         "finished_at",
@@ -93,6 +95,7 @@ class RequestRecord:
         self.disconnect_phase: str | None = None  # before_answer, waiting, streaming
         self.span: object | None = None  # the OpenTelemetry span, when tracing is on
         self.upstream_traceparent: bytes | None = None  # the W3C traceparent the upstream gets
+        self.capture: Capture | None = None  # the answer, caught for [store] (a chat completion to store)
 
     def asked(self, model: str, stream: bool) -> None:
         """What the client asked for (a model name that may not exist: the metrics count it as "other")."""

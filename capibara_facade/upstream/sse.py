@@ -117,11 +117,13 @@ async def relay(
     max_event_bytes: int = 1024 * 1024,
     typed_events: bool = False,
     on_response_id: Callable[[str], None] | None = None,
+    collect: Callable[[bytes], None] | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The upstream's stream as complete events, as they arrive; an error event if the upstream breaks off.
 
     `hide_usage_chunk`: the facade asked for usage and the client did not, so the usage-only chunk is dropped.
     `typed_events`: the Responses API's stream; `on_response_id` is told the id its `response.created` names.
+    `collect` is handed every piece the client gets, as it gets it (a stream to be stored).
     What the stream tells about the request (first token, usage, failures, time waiting) goes into `record`.
     """
     events: _Events = (
@@ -147,6 +149,8 @@ async def relay(
                 if end < len(chunk):
                     pending += chunk[end:]
             if complete and (out := events.filtered(complete)):
+                if collect is not None:
+                    collect(out)
                 yield out
             if len(pending) > max_event_bytes:
                 log.warning("upstream %s sent an event over %d bytes; stream ended", upstream_name, max_event_bytes)
@@ -163,6 +167,8 @@ async def relay(
         return
     # The upstream ended without terminating its last event: pass the bytes on as they are.
     if pending and (out := events.filtered(bytes(pending))):
+        if collect is not None:
+            collect(out)
         yield out
 
 

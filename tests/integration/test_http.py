@@ -187,8 +187,10 @@ def test_an_unknown_path_is_a_404_envelope(http: httpx.Client) -> None:
     _assert_envelope(http.get("/v1/engines"), 404, "not_found")
 
 
-def test_the_wrong_method_is_a_405_envelope(http: httpx.Client) -> None:
-    _assert_envelope(http.get("/v1/chat/completions"), 405, "method_not_allowed")
+def test_the_wrong_method_is_a_405_envelope_naming_the_allowed_ones(http: httpx.Client) -> None:
+    response = http.put("/v1/chat/completions")
+    _assert_envelope(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "GET, POST"  # GET lists stored completions
 
 
 # --- headers ---------------------------------------------------------------------------------------------

@@ -88,6 +88,13 @@ def test_an_upstream_named_with_a_dash_is_found_from_its_environment_name(tmp_pa
             "passthrough_unknown_models_to: 'nowhere' is not a configured upstream",
             id="passthrough-to-no-upstream",
         ),
+        pytest.param(
+            '[store]\nmodels = ["nope"]\n', "store.models[0]: 'nope' is not a configured model", id="store-model"
+        ),
+        pytest.param(
+            '[store]\ncallers = ["nobody"]\n', "store.callers[0]: 'nobody' is not a caller", id="store-caller"
+        ),
+        pytest.param('[store]\nurl = "mysql://db/x"\n', "store.url: must be a postgresql://", id="store-url"),
     ],
 )
 def test_a_bad_config_fails_with_a_message_naming_the_key(tmp_path: Path, toml: str, message: str) -> None:

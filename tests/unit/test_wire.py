@@ -256,3 +256,18 @@ def test_compat_sends_empty_content_for_assistant_tool_call_turns_and_keeps_the_
     assert b'"content":"caf\\u00e9"' in sent  # values keep their bytes; only whitespace between fields goes
     untouched = b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}'
     assert upstream_body(untouched, read_chat(untouched, MAX_DEPTH), route) is untouched
+
+
+def test_store_and_metadata_are_removed_before_the_upstream_unless_its_compat_keeps_them() -> None:
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "store": true, "metadata": {"k": "v"}}'
+    sent = json.loads(upstream_body(body, read_chat(body, MAX_DEPTH), Route("m", "default", "m", stream_usage=False)))
+    assert "store" not in sent and "metadata" not in sent and sent["messages"] == [{"role": "user", "content": "x"}]
+    keeps = Route("m", "default", "m", stream_usage=False, compat=CompatConfig(strip_store=False))
+    assert upstream_body(body, read_chat(body, MAX_DEPTH), keeps) is body
+
+
+def test_metadata_must_map_strings_to_strings() -> None:
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "metadata": {"k": 1}}'
+    with pytest.raises(InvalidRequest) as refused:
+        read_chat(body, MAX_DEPTH)
+    assert refused.value.param is not None and refused.value.param.startswith("metadata")
