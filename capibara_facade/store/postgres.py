@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from .sql import SqlStore, migrate
+from .sql import SqlStore, migrated_store
 
 __all__ = ["PostgresDatabase", "open_postgres"]
 
@@ -22,13 +22,7 @@ _MIGRATION_LOCK = 0x63617069  # any constant; the same in every facade ("capi")
 
 async def open_postgres(url: str) -> SqlStore:
     pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
-    database = PostgresDatabase(pool)
-    try:
-        await migrate(database)
-    except BaseException:
-        await database.aclose()
-        raise
-    return SqlStore(database)
+    return await migrated_store(PostgresDatabase(pool))
 
 
 class PostgresDatabase:

@@ -19,7 +19,7 @@ import msgspec
 
 from . import Order, Page, StoredCompletion
 
-__all__ = ["Database", "SqlStore", "migrate"]
+__all__ = ["Database", "SqlStore", "migrate", "migrated_store"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,16 @@ async def migrate(database: Database) -> int:
             log.warning("stored completions: schema migrated to %03d (%s)", version, name)
             current = version
         return current
+
+
+async def migrated_store(database: Database) -> SqlStore:
+    """The store on a just-opened database, its schema migrated; the database closed if that fails."""
+    try:
+        await migrate(database)
+    except BaseException:
+        await database.aclose()
+        raise
+    return SqlStore(database)
 
 
 def _migrations() -> list[tuple[int, str, str]]:

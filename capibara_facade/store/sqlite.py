@@ -18,7 +18,7 @@ from typing import Any
 import aiosqlite
 
 from ..config.store import SQLITE_FILE
-from .sql import SqlStore, migrate
+from .sql import SqlStore, migrated_store
 
 __all__ = ["SqliteDatabase", "open_sqlite"]
 
@@ -33,13 +33,7 @@ async def open_sqlite(directory: str) -> SqlStore:
     await connection.execute("PRAGMA busy_timeout=5000")
     await connection.execute("PRAGMA journal_mode=WAL")
     await connection.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at each checkpoint, never corrupt
-    database = SqliteDatabase(connection)
-    try:
-        await migrate(database)
-    except BaseException:
-        await database.aclose()
-        raise
-    return SqlStore(database)
+    return await migrated_store(SqliteDatabase(connection))
 
 
 class SqliteDatabase:
